@@ -1,0 +1,182 @@
+"""Task distributions shared by the six algorithm scripts: the only code they share.
+
+    import envs
+    env = envs.make("sawyer-push", seed=0)      # a gymnasium.Env that is also a TaskEnv
+    env.set_task(env.train_tasks[3])
+    obs, info = env.reset()
+    next_obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    r, d = env.evaluate(obs, action, next_obs, env.test_tasks)   # any task, vectorized
+
+The TaskEnv protocol (../DESIGN.md) is the `TaskEnv` base class below. Every family in
+`point.py`, `locomotion.py` (and its robot files) and `sawyer.py` subclasses it. Each name is also registered
+with gymnasium as `metarl/<name>` so `gymnasium.make("metarl/point-robot")` works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+# Headless rendering: without a display MuJoCo needs a software OpenGL (OSMesa; Debian package libosmesa6).
+# Set MUJOCO_GL yourself (e.g. "egl" on a GPU machine) to choose another backend.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = ["TaskEnv", "make", "names", "family_module", "DelayedReward"]
+
+VARIES = ("reward", "dynamics", "reward+dynamics")
+
+
+class TaskEnv(gym.Env):
+    """A gymnasium.Env over a distribution of tasks, each task a float vector of length `task_dim`.
+
+    Subclasses set, in `__init__`:
+      task_dim      length of a task vector (goal, target velocity, weights, physics scale, ...)
+      varies        "reward", "dynamics" or "reward+dynamics": what differs between tasks
+      horizon       episode length H; `step` returns truncated=True at step H (never terminated=True for it)
+      train_tasks   (n_train, task_dim) float64 array, fixed by the family's reference seed
+      test_tasks    (n_test, task_dim) float64 array (out-of-distribution where the paper says so)
+      has_success   True when `info["success"]` is returned by every `step`
+      action_space  Box(-1, 1); the family rescales to its physical range
+      observation_space  float32 Box; the layout is documented in the family's docstring
+    and implement `sample_tasks`, `evaluate`, `_apply_task`, `reset`, `step`.
+
+    Rules that keep relabeling honest:
+      * reward and termination are pure functions of (obs, action, next_obs, task): `step` computes them by
+        calling `self.evaluate(obs, action, next_obs, self.task)` on the very arrays it returns, so the two
+        agree to the last bit;
+      * actions are clipped to [-1, 1] in `step` and in `evaluate` alike (`clip_action`).
+
+    Optional members some families add (scripts test with `hasattr`):
+      evaluate_dense(obs, action, next_obs, task) -> reward   the dense reward a sparse family also reports
+                                                            in info["dense_reward"] (PEARL's sparse point robot)
+    """
+
+    task_dim: int
+    varies: str
+    horizon: int
+    has_success: bool = False
+    train_tasks: np.ndarray
+    test_tasks: np.ndarray
+    name: str = "?"
+
+    _task: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- the protocol
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw `n` tasks from the family's task prior, shape (n, task_dim)."""
+        raise NotImplementedError
+
+    def evaluate(self, obs, action, next_obs, task) -> tuple[np.ndarray, np.ndarray]:
+        """(reward, terminated) for transitions under `task`, broadcasting over leading dimensions.
+
+        obs, next_obs: (..., obs_dim); action: (..., act_dim); task: (..., task_dim).
+        Returns float64 rewards and bool terminations of the broadcast leading shape.
+        """
+        raise NotImplementedError
+
+    def set_task(self, task) -> None:
+        """Following episodes use `task` (its reward parameters, its physics, or both)."""
+        task = self.check_task(task)
+        self._task = task
+        self._apply_task(task)
+
+    @property
+    def task(self) -> np.ndarray:
+        """The current task vector (a copy)."""
+        if self._task is None:
+            raise RuntimeError(f"{self.name}: no task set; call env.set_task(task) first")
+        return self._task.copy()
+
+    def _apply_task(self, task: np.ndarray) -> None:
+        """Hook for families whose physics depend on the task (write the model arrays here)."""
+
+    # ---------------------------------------------------------------- input checks (one-line errors)
+    def check_task(self, task) -> np.ndarray:
+        task = np.asarray(task, dtype=np.float64)
+        if task.shape != (self.task_dim,):
+            raise ValueError(f"{self.name}: a task is a vector of length {self.task_dim}, got shape {task.shape}")
+        if not np.all(np.isfinite(task)):
+            raise ValueError(f"{self.name}: task has non-finite entries: {task}")
+        return task.copy()
+
+    def clip_action(self, action, batched: bool = False) -> np.ndarray:
+        """Validate an action's shape and clip it to [-1, 1] (float64). `batched` allows leading dims."""
+        action = np.asarray(action, dtype=np.float64)
+        shape = self.action_space.shape
+        ok = action.shape[-len(shape):] == shape if batched else action.shape == shape
+        if not ok or (not batched and action.ndim != len(shape)):
+            raise ValueError(f"{self.name}: action must have shape {shape}, got {action.shape}")
+        return np.clip(action, -1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The registry: name -> "module:factory". Modules are imported only when one of their names is made, so
+# `import envs` stays cheap and the point families never import MuJoCo or Meta-World.
+_FAMILIES: dict[str, str] = {
+    # point.py: 2-D point-mass families (issue: foundation)
+    "point-robot": "envs.point:PointRobot",
+    "sparse-point-robot": "envs.point:SparsePointRobot",
+    "four-corners": "envs.point:FourCorners",
+    "point-reacher": "envs.point:PointReacher",
+    "point-trajectory": "envs.point:PointTrajectory",
+    "four-rooms": "envs.point:FourRooms",
+}
+
+# Overrides that `make` handles itself rather than passing to the family's constructor.
+_WRAPPER_OVERRIDES = ("reward_delay",)
+
+
+def names() -> list[str]:
+    """All registered family names, in registry order."""
+    return list(_FAMILIES)
+
+
+def family_module(name: str) -> str:
+    """The module that defines family `name` (e.g. 'envs.point')."""
+    _check_name(name)
+    return _FAMILIES[name].split(":")[0]
+
+
+def _check_name(name: str) -> None:
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown env '{name}'; valid names: {', '.join(_FAMILIES)}")
+
+
+def make(name: str, seed: int = 0, **overrides) -> TaskEnv:
+    """Build family `name`, its RNG seeded with `seed`. `overrides` go to the family's constructor
+    (e.g. `horizon=50`, `n_train_tasks=10`, `render_mode="rgb_array"`); `reward_delay=D` wraps the env in
+    `DelayedReward(env, D)`. The first task of `train_tasks` is set."""
+    _check_name(name)
+    module, factory = _FAMILIES[name].split(":")
+    cls = getattr(importlib.import_module(module), factory)
+    delay = overrides.pop("reward_delay", None)
+    try:
+        env = cls(seed=seed, **overrides)
+    except TypeError as e:  # an override the family does not know
+        raise ValueError(f"{name}: bad override ({e})") from None
+    env.name = name
+    env.set_task(env.train_tasks[0])
+    if delay is not None and delay != 1:
+        env = importlib.import_module("envs.wrappers").DelayedReward(env, delay)
+    return env
+
+
+def __getattr__(attr):  # lazy export of DelayedReward (lives with the locomotion families)
+    if attr == "DelayedReward":
+        return importlib.import_module("envs.wrappers").DelayedReward
+    raise AttributeError(f"module 'envs' has no attribute '{attr}'")
+
+
+def _register_with_gymnasium() -> None:
+    for name in _FAMILIES:
+        env_id = f"metarl/{name}"
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=lambda _n=name, **kw: make(_n, **kw))
+
+
+_register_with_gymnasium()

@@ -1,0 +1,165 @@
+"""Generic tests of the TaskEnv protocol, run over every name in `envs.names()`.
+
+A family added to the registry is covered automatically; it must also get a row in SPLITS below (the test
+`test_every_family_has_a_split_row` fails otherwise), so the task counts the papers specify are pinned here.
+Rollouts are short to keep the suite fast; the truncation test runs one full episode.
+"""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+
+# name -> (n_train, n_test) as the papers split them.
+SPLITS = {
+    "point-robot": (80, 20),
+    "sparse-point-robot": (80, 20),
+    "four-corners": (4, 4),
+    "point-reacher": None,  # continuous latent prior; no fixed split in the paper (checked: both non-empty)
+    "point-trajectory": None,
+    "four-rooms": None,
+}
+
+ALL = envs.names()
+ROLLOUT = 40
+
+
+def rollout(env, n, seed, actions=None):
+    """Reset with `seed`, take `n` steps (seeded random actions unless given), resetting at episode ends."""
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    data = {k: [] for k in ("obs", "act", "next_obs", "rew", "term", "info")}
+    for t in range(n):
+        a = actions[t] if actions is not None else rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        next_obs, r, term, trunc, info = env.step(a)
+        for k, v in zip(data, (obs, a, next_obs, r, term, info)):
+            data[k].append(v)
+        obs = next_obs
+        if term or trunc:
+            obs, _ = env.reset()
+    return {k: (np.array(v) if k != "info" else v) for k, v in data.items()}
+
+
+@pytest.fixture(scope="module", params=ALL)
+def env(request):
+    e = envs.make(request.param, seed=0)
+    yield e
+    e.close()
+
+
+def test_every_family_has_a_split_row():
+    assert set(ALL) <= set(SPLITS), f"add rows to SPLITS for {sorted(set(ALL) - set(SPLITS))}"
+
+
+def test_unknown_name_is_a_one_line_value_error():
+    with pytest.raises(ValueError) as e:
+        envs.make("no-such-env")
+    msg = str(e.value)
+    assert "\n" not in msg and "valid names" in msg and "point-robot" in msg
+
+
+def test_registered_with_gymnasium():
+    e = gym.make("metarl/point-robot")
+    assert isinstance(e.unwrapped, envs.TaskEnv)
+    e.close()
+
+
+def test_protocol_members(env):
+    assert env.varies in envs.VARIES
+    assert env.train_tasks.ndim == 2 and env.train_tasks.shape[1] == env.task_dim
+    assert env.test_tasks.ndim == 2 and env.test_tasks.shape[1] == env.task_dim
+    assert env.train_tasks.dtype == np.float64 and env.test_tasks.dtype == np.float64
+    split = SPLITS.get(env.name)
+    if split is not None:
+        assert (len(env.train_tasks), len(env.test_tasks)) == split
+    else:
+        assert len(env.train_tasks) > 0 and len(env.test_tasks) > 0
+    assert isinstance(env.action_space, gym.spaces.Box)
+    assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
+    assert env.observation_space.dtype == np.float32
+    assert isinstance(env.horizon, int) and env.horizon > 0
+    tasks = env.sample_tasks(5, np.random.default_rng(0))
+    assert tasks.shape == (5, env.task_dim)
+    np.testing.assert_array_equal(tasks, env.sample_tasks(5, np.random.default_rng(0)))
+
+
+def test_gymnasium_env_checker(env):
+    check_env(env, skip_render_check=True)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_evaluate_equals_step_exactly(env, which):
+    task = env.train_tasks[which % len(env.train_tasks)]
+    env.set_task(task)
+    d = rollout(env, ROLLOUT, seed=which)
+    assert d["obs"].dtype == np.float32 and d["next_obs"].dtype == np.float32
+    r, term = env.evaluate(d["obs"], d["act"], d["next_obs"], task)
+    assert r.shape == (ROLLOUT,) and term.shape == (ROLLOUT,)
+    np.testing.assert_array_equal(r, d["rew"])  # exact: same float, not approximately
+    np.testing.assert_array_equal(term, d["term"])
+    # one transition at a time agrees with the batch
+    r0, t0 = env.evaluate(d["obs"][3], d["act"][3], d["next_obs"][3], task)
+    assert np.shape(r0) == () and float(r0) == d["rew"][3] and bool(t0) == d["term"][3]
+    # K tasks x B transitions in one call, row k equal to scoring under task k alone
+    tasks = np.concatenate([env.train_tasks[:3], env.test_tasks[:2]])
+    rk, tk = env.evaluate(d["obs"][None], d["act"][None], d["next_obs"][None], tasks[:, None])
+    assert rk.shape == (len(tasks), ROLLOUT) and tk.shape == (len(tasks), ROLLOUT)
+    for k, t in enumerate(tasks):
+        rr, tt = env.evaluate(d["obs"], d["act"], d["next_obs"], t)
+        np.testing.assert_array_equal(rk[k], rr)
+        np.testing.assert_array_equal(tk[k], tt)
+    env.set_task(env.train_tasks[0])
+
+
+def test_success_declared(env):
+    d = rollout(env, 5, seed=0)
+    for info in d["info"]:
+        assert ("success" in info) == env.has_success
+
+
+def test_same_seed_same_everything(env):
+    other = envs.make(env.name, seed=0)
+    np.testing.assert_array_equal(env.train_tasks, other.train_tasks)
+    np.testing.assert_array_equal(env.test_tasks, other.test_tasks)
+    env.set_task(env.train_tasks[0])
+    a, b = rollout(env, 20, seed=7), rollout(other, 20, seed=7)
+    np.testing.assert_array_equal(a["next_obs"], b["next_obs"])
+    np.testing.assert_array_equal(a["rew"], b["rew"])
+    other.close()
+
+
+def test_truncation_at_horizon_not_termination(env):
+    env.set_task(env.train_tasks[0])
+    env.reset(seed=0)
+    for t in range(1, env.horizon + 1):
+        _, _, term, trunc, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+        if term:
+            return  # reached a terminal state first: nothing to check about the time limit
+        assert trunc == (t == env.horizon), f"truncated={trunc} at step {t} of {env.horizon}"
+
+
+def test_bad_task_and_bad_action_are_one_line_errors(env):
+    with pytest.raises(ValueError) as e:
+        env.set_task(np.zeros(env.task_dim + 1))
+    assert "\n" not in str(e.value)
+    env.set_task(env.train_tasks[0])
+    env.reset(seed=0)
+    with pytest.raises(ValueError) as e:
+        env.step(np.zeros(env.action_space.shape[0] + 1, np.float32))
+    assert "\n" not in str(e.value)
+
+
+def test_dynamics_families_really_change_dynamics(env):
+    if "dynamics" not in env.varies:
+        pytest.skip("reward-only family")
+    acts = np.random.default_rng(0).uniform(-1, 1, (30,) + env.action_space.shape).astype(np.float32)
+    env.set_task(env.train_tasks[0])
+    a = rollout(env, 30, seed=1, actions=acts)
+    env.set_task(env.train_tasks[1])
+    b = rollout(env, 30, seed=1, actions=acts)
+    assert not np.array_equal(a["next_obs"], b["next_obs"])
+    env.set_task(env.train_tasks[0])  # restoring a task restores bit-identical rollouts
+    c = rollout(env, 30, seed=1, actions=acts)
+    np.testing.assert_array_equal(a["next_obs"], c["next_obs"])

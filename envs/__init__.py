@@ -41,6 +41,7 @@ class TaskEnv(gym.Env):
       train_tasks   (n_train, task_dim) float64 array, fixed by the family's reference seed
       test_tasks    (n_test, task_dim) float64 array (out-of-distribution where the paper says so)
       has_success   True when `info["success"]` is returned by every `step`
+      source        the paper (and authors' code) the family follows, e.g. "PEARL (Rakelly et al. 2019)"
       action_space  Box(-1, 1); the family rescales to its physical range
       observation_space  float32 Box; the layout is documented in the family's docstring
     and implement `sample_tasks`, `evaluate`, `_apply_task`, `reset`, `step`.
@@ -52,8 +53,13 @@ class TaskEnv(gym.Env):
       * actions are clipped to [-1, 1] in `step` and in `evaluate` alike (`clip_action`).
 
     Optional members some families add (scripts test with `hasattr`):
-      evaluate_dense(obs, action, next_obs, task) -> reward   the dense reward a sparse family also reports
-                                                            in info["dense_reward"] (PEARL's sparse point robot)
+      evaluate_dense(obs, action, next_obs, task) -> reward
+          the dense reward a sparse family also reports in info["dense_reward"] (PEARL's sparse point robot)
+      achieved_task(obs, task) -> tasks (..., task_dim)
+          goal families: `task` with its goal part replaced by the goal that `obs` achieves (other parts, e.g.
+          a margin, kept), for HER-style final/future-state relabeling
+      reward_features(obs, action, next_obs) -> (..., n_features)
+          families whose reward is linear in the task: reward == reward_features(...) @ task exactly
     """
 
     task_dim: int
@@ -63,6 +69,7 @@ class TaskEnv(gym.Env):
     train_tasks: np.ndarray
     test_tasks: np.ndarray
     name: str = "?"
+    source: str = ""
 
     _task: np.ndarray | None = None
 
@@ -125,6 +132,8 @@ _FAMILIES: dict[str, str] = {
     "point-reacher": "envs.point:PointReacher",
     "point-trajectory": "envs.point:PointTrajectory",
     "four-rooms": "envs.point:FourRooms",
+    # MuJoCo locomotion families (gymnasium MuJoCo v5 models)
+    # Sawyer manipulation families (Meta-World's Sawyer model)
 }
 
 # Overrides that `make` handles itself rather than passing to the family's constructor.

@@ -1,0 +1,220 @@
+"""Sawyer families (envs/sawyer.py): start states, scripted successes, rewards against their definitions.
+
+The generic protocol checks (evaluate == step, check_env, seeding, truncation) run in test_envs.py.
+"""
+
+import numpy as np
+import pytest
+
+import envs
+import envs.sawyer as sawyer
+
+
+def scripted_push(obs, goal, phase):
+    """Rise clear of the puck, move over a point 7 cm behind it (seen from the goal), descend, push along the
+    puck-goal line while steering the hand back onto that line. Returns (action, next phase)."""
+    hand, puck = obs[:3].astype(np.float64), obs[3:6].astype(np.float64)
+    u = (goal - puck[:2]) / np.linalg.norm(goal - puck[:2])
+    behind = puck[:2] - 0.07 * u
+    a = np.array([0.0, 0.0, 0.0, 1.0])  # fingers closed throughout
+    if phase == 0:
+        a[2] = 1.0
+        phase += hand[2] > 0.12
+    elif phase == 1:
+        a[:2] = 50 * (behind - hand[:2])
+        phase += np.linalg.norm(behind - hand[:2]) < 0.01
+    elif phase == 2:
+        a[:2], a[2] = 50 * (behind - hand[:2]), -1.0
+        phase += hand[2] < 0.055
+    else:
+        off = hand[:2] - puck[:2]
+        a[:2], a[2] = 0.5 * u - 20 * (off - (off @ u) * u), -1.0
+    return np.clip(a, -1, 1).astype(np.float32), phase
+
+
+def scripted_reach(obs, goal):
+    a = np.zeros(4, np.float32)
+    a[:3] = np.clip(50 * (goal[:3] - obs[6:9]), -1, 1)  # finger centre -> goal
+    return a
+
+
+def run_episode(env, task, policy):
+    env.set_task(task)
+    obs, _ = env.reset(seed=0)
+    data = {k: [] for k in ("obs", "act", "next_obs", "rew", "term", "success")}
+    phase = 0
+    for _ in range(env.horizon):
+        if policy == "push":
+            act, phase = scripted_push(obs, task, phase)
+        else:
+            act = scripted_reach(obs, task)
+        next_obs, r, term, trunc, info = env.step(act)
+        for k, v in zip(data, (obs, act, next_obs, r, term, info["success"])):
+            data[k].append(v)
+        obs = next_obs
+        if term or trunc:
+            break
+    return {k: np.array(v) for k, v in data.items()}
+
+
+def check_success_episode(env, task, d):
+    """Success exactly on the last step: reward 0, terminated, info["success"]; -1 and running before it."""
+    assert d["term"][-1] and d["success"][-1] and d["rew"][-1] == 0.0
+    assert len(d["rew"]) < env.horizon
+    assert not d["term"][:-1].any() and not d["success"][:-1].any() and np.all(d["rew"][:-1] == -1.0)
+    r, term = env.evaluate(d["obs"], d["act"], d["next_obs"], task)
+    np.testing.assert_array_equal(r, d["rew"])
+    np.testing.assert_array_equal(term, d["term"])
+    # the same transitions scored under other tasks: not successful there (their goals are elsewhere)
+    others = env.train_tasks[[i for i in range(10) if not np.allclose(env.train_tasks[i], task)][:3]]
+    rk, _ = env.evaluate(d["obs"][None], d["act"][None], d["next_obs"][None], others[:, None])
+    for k, t in enumerate(others):
+        np.testing.assert_array_equal(rk[k], env.evaluate(d["obs"], d["act"], d["next_obs"], t)[0])
+
+
+@pytest.fixture(scope="module")
+def push():
+    e = envs.make("sawyer-push")
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def reach():
+    e = envs.make("sawyer-reach")
+    yield e
+    e.close()
+
+
+def test_push_start_state(push):
+    obs, _ = push.reset(seed=0)
+    assert obs.shape == (6,) and obs.dtype == np.float32
+    # HFR: hand held at (0, 0.65) right by the puck, as low as the action's mocap floor lets it; puck at (0, 0.6)
+    np.testing.assert_allclose(obs[:3], [0.0, 0.651, 0.046], atol=3e-3)
+    np.testing.assert_allclose(obs[3:6], [0.0, 0.6, 0.0194], atol=1e-3)
+    # the hand does not touch the puck: holding still leaves it where it is
+    for _ in range(30):
+        obs, *_ = push.step(np.array([0, 0, 0, 1], np.float32))
+    np.testing.assert_allclose(obs[3:6], [0.0, 0.6, 0.0194], atol=1e-3)
+
+
+def test_reach_start_state(reach):
+    obs, _ = reach.reset(seed=0)
+    assert obs.shape == (9,)
+    np.testing.assert_allclose(obs[:3], [0.0, 0.6, 0.195], atol=6e-3)  # HFR's hand_init_pos (0, 0.6, 0.2)
+    np.testing.assert_allclose(obs[3:6], [0.0, 0.6, 0.0194], atol=1e-3)
+    np.testing.assert_allclose(obs[6:9] - obs[:3], [0.0, 0.0, -0.045], atol=2e-3)  # fingertips below the hand
+
+
+def test_reset_restores_the_start_bit_for_bit(push):
+    first, _ = push.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        push.step(rng.uniform(-1, 1, 4).astype(np.float32))
+    again, _ = push.reset(seed=123)  # the seed does not change the start (there is no randomness in it)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_goal_lists_follow_hfr_seed():
+    draws = np.random.RandomState(3).uniform([-0.1, 0.8, 0.05], [0.1, 0.9, 0.3], (60, 3))
+    for name in ("sawyer-push", "sawyer-push-dense"):
+        e = envs.make(name)
+        np.testing.assert_array_equal(e.train_tasks, draws[:50, :2])
+        np.testing.assert_array_equal(e.test_tasks, draws[50:, :2])
+        e.close()
+    e = envs.make("sawyer-reach")
+    draws = np.random.RandomState(3).uniform([-0.1, 0.7, 0.05], [0.1, 0.8, 0.3], (60, 3))
+    np.testing.assert_array_equal(np.concatenate([e.train_tasks, e.test_tasks]), draws)
+    e.close()
+    e = envs.make("sawyer-reach-margin")
+    tasks = np.concatenate([e.train_tasks, e.test_tasks])
+    assert np.all((tasks[:, 3] >= 0) & (tasks[:, 3] <= 0.1)) and np.all(tasks[:, 1] >= 0.8)
+    e.close()
+
+
+@pytest.mark.parametrize("which", [("train", 0), ("train", 1), ("train", 2), ("test", 0)])
+def test_scripted_push_reaches_the_goal(push, which):
+    task = getattr(push, f"{which[0]}_tasks")[which[1]]
+    d = run_episode(push, task, "push")
+    check_success_episode(push, task, d)
+    assert np.linalg.norm(d["next_obs"][-1, 3:5] - task) <= 0.07
+    # hindsight: the task the final state achieved gives reward 0 to that transition
+    achieved = push.achieved_task(d["next_obs"][-1], task)
+    np.testing.assert_allclose(achieved, d["next_obs"][-1, 3:5].astype(np.float64))
+    assert push.evaluate(d["obs"][-1], d["act"][-1], d["next_obs"][-1], achieved)[0] == 0.0
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_scripted_reach_reaches_the_goal(reach, which):
+    task = reach.train_tasks[which]
+    d = run_episode(reach, task, "reach")
+    check_success_episode(reach, task, d)
+    assert np.linalg.norm(d["next_obs"][-1, 6:9] - task) <= 0.05
+
+
+def test_scripted_reach_margin():
+    env = envs.make("sawyer-reach-margin")
+    assert env.horizon == 100 and env.task_dim == 4
+    task = env.train_tasks[0].copy()
+    task[3] = 0.02
+    d = run_episode(env, task, "reach")
+    check_success_episode(env, task, d)
+    # achieved_task keeps the margin, broadcasting obs (B,) against tasks (K, 1)
+    ach = env.achieved_task(d["next_obs"][None], env.train_tasks[:4, None])
+    assert ach.shape == (4, len(d["rew"]), 4)
+    np.testing.assert_allclose(ach[2, -1, :3], d["next_obs"][-1, 6:9])
+    np.testing.assert_array_equal(ach[:, :, 3], np.broadcast_to(env.train_tasks[:4, 3:4], ach.shape[:2]))
+    env.close()
+
+
+def test_reach_margin_reward_by_hand():
+    env = envs.make("sawyer-reach-margin")
+    obs = np.zeros((3, 9), np.float32)
+    obs[:, 6:9] = [[0.0, 0.8, 0.1], [0.0, 0.85, 0.1], [0.0, 0.9, 0.1]]  # 0, 0.05, 0.1 from the goal
+    task = np.array([0.0, 0.8, 0.1, 0.06])
+    r, term = env.evaluate(obs, np.zeros((3, 4)), obs, task)
+    np.testing.assert_array_equal(r, [0.0, 0.0, -1.0])  # 1[d < margin] - 1
+    np.testing.assert_array_equal(term, [True, True, False])
+    r, _ = env.evaluate(obs, np.zeros((3, 4)), obs, np.array([[0.0, 0.8, 0.1, 0.01], [0.0, 0.8, 0.1, 0.2]])[:, None])
+    np.testing.assert_array_equal(r, [[0.0, -1.0, -1.0], [0.0, 0.0, 0.0]])
+    env.close()
+
+
+@pytest.mark.parametrize("name", ["sawyer-push-dense", "sawyer-reach-dense"])
+def test_dense_rewards_match_their_definition(name):
+    env = envs.make(name)
+    task = env.train_tasks[0]
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs, r, term, _, info = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        o = obs.astype(np.float64)
+        if name == "sawyer-push-dense":
+            goal_dist = np.linalg.norm(o[3:5] - task)
+            expected = -goal_dist - 0.5 * np.linalg.norm(o[:3] - o[3:6])
+            assert info["success"] == (goal_dist <= 0.07)
+        else:
+            goal_dist = np.linalg.norm(o[6:9] - task)
+            expected = -goal_dist
+            assert info["success"] == (goal_dist <= 0.05)
+        assert r == pytest.approx(expected, abs=1e-12) and not term
+    env.close()
+
+
+def test_render_rgb_array():
+    try:
+        env = envs.make("sawyer-push", render_mode="rgb_array", width=64, height=48)
+        env.reset(seed=0)
+        img = env.render()
+    except Exception as e:  # no OpenGL backend on this machine (MUJOCO_GL)
+        pytest.skip(f"no offscreen rendering here: {e}")
+    assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and img.std() > 0
+    env.close()
+    assert envs.make("sawyer-push").render() is None
+
+
+def test_new_mujoco_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(sawyer.mujoco, "__version__", "3.17.0")
+    with pytest.raises(ValueError) as e:
+        envs.make("sawyer-push")
+    assert "\n" not in str(e.value) and "mujoco" in str(e.value)

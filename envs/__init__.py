@@ -59,7 +59,8 @@ class TaskEnv(gym.Env):
           goal families: `task` with its goal part replaced by the goal that `obs` achieves (other parts, e.g.
           a margin, kept), for HER-style final/future-state relabeling
       reward_features(obs, action, next_obs) -> (..., n_features)
-          families whose reward is linear in the task: reward == reward_features(...) @ task exactly
+          families whose reward is linear in the task: reward == (reward_features(...) * task).sum(-1) exactly
+          (that sum, not `@`, whose different summation order can differ in the last bit)
     """
 
     task_dim: int
@@ -133,7 +134,33 @@ _FAMILIES: dict[str, str] = {
     "point-trajectory": "envs.point:PointTrajectory",
     "four-rooms": "envs.point:FourRooms",
     # MuJoCo locomotion families (gymnasium MuJoCo v5 models)
+    "cheetah-vel": "envs.cheetah:CheetahVel",
+    "cheetah-dir": "envs.cheetah:CheetahDir",
+    "cheetah-vel-ood-medium": "envs.cheetah:CheetahVelOODMedium",
+    "cheetah-vel-ood-hard": "envs.cheetah:CheetahVelOODHard",
+    "cheetah-vel-sparse": "envs.cheetah:CheetahVelSparse",
+    "cheetah-armature": "envs.cheetah:CheetahArmature",
+    "cheetah-mass": "envs.cheetah:CheetahMass",
+    "hopper-size": "envs.hopper_walker:HopperSize",
+    "ant-damping": "envs.ant:AntDamping",
+    "ant-cripple": "envs.ant:AntCripple",
+    "ant-dir": "envs.ant:AntDir",
+    "ant-dir-ood": "envs.ant:AntDirOOD",
+    "ant-goal": "envs.ant:AntGoal",
+    "ant-goal-sparse": "envs.ant:AntGoalSparse",
+    "ant-vel": "envs.ant:AntVel",
+    "cheetah-negated-joints": "envs.cheetah:CheetahNegatedJoints",
+    "ant-negated-joints": "envs.ant:AntNegatedJoints",
+    "cheetah-multi-objective": "envs.cheetah:CheetahMultiObjective",
+    "ant-dir-sparse": "envs.ant:AntDirSparse",
+    "walker-linear": "envs.hopper_walker:WalkerLinear",
+    "cheetah-highdim": "envs.cheetah:CheetahHighdim",
     # Sawyer manipulation families (Meta-World's Sawyer model)
+    "sawyer-push": "envs.sawyer:SawyerPush",
+    "sawyer-push-dense": "envs.sawyer:SawyerPushDense",
+    "sawyer-reach": "envs.sawyer:SawyerReach",
+    "sawyer-reach-dense": "envs.sawyer:SawyerReachDense",
+    "sawyer-reach-margin": "envs.sawyer:SawyerReachMargin",
 }
 
 # Overrides that `make` handles itself rather than passing to the family's constructor.

@@ -20,6 +20,32 @@ SPLITS = {
     "point-reacher": None,  # continuous latent prior; no fixed split in the paper (checked: both non-empty)
     "point-trajectory": None,
     "four-rooms": None,
+    "cheetah-vel": (100, 30),
+    "cheetah-dir": (2, 2),  # PEARL: the same two directions serve as train and test tasks
+    "cheetah-vel-ood-medium": (100, 30),
+    "cheetah-vel-ood-hard": (100, 30),
+    "cheetah-vel-sparse": (100, 30),
+    "cheetah-armature": (5, 6),  # MCAT families: train values / unseen test values (envs docstrings)
+    "cheetah-mass": (5, 2),
+    "hopper-size": (5, 2),
+    "ant-damping": (5, 2),
+    "ant-cripple": (3, 1),
+    "ant-dir": (2, 2),  # PEARL: the same two directions serve as train and test tasks
+    "ant-dir-ood": (100, 10),
+    "ant-goal": (150, 30),
+    "ant-goal-sparse": (100, 30),
+    "ant-vel": (150, 30),
+    "cheetah-negated-joints": (10, 10),
+    "ant-negated-joints": (35, 15),
+    "cheetah-multi-objective": None,  # GH samples latents from the prior; no fixed split
+    "ant-dir-sparse": None,  # GH: prior samples for training, its 25 evaluation directions for testing
+    "walker-linear": None,  # HIPI samples weights continuously
+    "cheetah-highdim": (100, 30),
+    "sawyer-push": (50, 10),
+    "sawyer-push-dense": (50, 10),
+    "sawyer-reach": (50, 10),
+    "sawyer-reach-dense": (50, 10),
+    "sawyer-reach-margin": (50, 10),  # HIPI samples continuously; a fixed 50/10 draw like the HFR families
 }
 
 ALL = envs.names()

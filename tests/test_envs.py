@@ -189,3 +189,18 @@ def test_dynamics_families_really_change_dynamics(env):
     env.set_task(env.train_tasks[0])  # restoring a task restores bit-identical rollouts
     c = rollout(env, 30, seed=1, actions=acts)
     np.testing.assert_array_equal(a["next_obs"], c["next_obs"])
+
+
+def test_renders_rgb_array(env):
+    e = envs.make(env.name, render_mode="rgb_array")
+    e.reset(seed=0)
+    e.step(np.zeros(e.action_space.shape, np.float32))
+    try:
+        img = e.render()
+    except Exception as err:  # MuJoCo without an OpenGL library: README says how to install one (OSMesa)
+        if "OpenGL" in str(err) or "GL" in type(err).__name__:
+            pytest.skip(f"no offscreen OpenGL here ({type(err).__name__}); apt-get install libosmesa6")
+        raise
+    assert isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+    assert img.std() > 0, "blank frame"
+    e.close()

@@ -26,7 +26,7 @@ if not os.environ.get("DISPLAY"):
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["TaskEnv", "make", "names", "family_module", "DelayedReward"]
+__all__ = ["TaskEnv", "make", "names", "family_module", "DelayedReward", "save_video"]
 
 VARIES = ("reward", "dynamics", "reward+dynamics")
 
@@ -200,6 +200,20 @@ def make(name: str, seed: int = 0, **overrides) -> TaskEnv:
     if delay is not None and delay != 1:
         env = importlib.import_module("envs.wrappers").DelayedReward(env, delay)
     return env
+
+
+def save_video(frames, path: str, fps: int = 20) -> str:
+    """Write `frames` (a list of HxWx3 uint8 arrays from `env.render()`) as an animated GIF at `path`.
+
+    GIF needs no video codec (imageio writes it through Pillow, both installed with gymnasium[mujoco]), so
+    `--capture-video` works on any machine; the scripts call this instead of importing a video library."""
+    import imageio.v2 as imageio
+
+    if not path.endswith(".gif"):
+        path += ".gif"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    imageio.mimsave(path, [np.asarray(f, dtype=np.uint8) for f in frames], duration=1.0 / fps, loop=0)
+    return path
 
 
 def __getattr__(attr):  # lazy export of DelayedReward (lives with the locomotion families)

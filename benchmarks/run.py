@@ -1,0 +1,193 @@
+"""Multi-seed benchmark runner for any of the six scripts.
+
+Runs `python <script> --env ENV <common flags> <variant flags> --seed S --run-dir DIR` for every variant x seed,
+in parallel worker processes (one torch / OpenMP thread each), then reads every run's eval.jsonl and writes
+    benchmarks/results/<name>.json   every run's evaluations, per-variant mean +- std curves, final values, timings
+    benchmarks/results/<name>.png    learning curves: mean +- std over seeds vs env steps, one panel per metric
+Run directories (stdout.log, eval.jsonl, TensorBoard, checkpoint) go to benchmarks/runs/<name>/<variant>__seed<S>/.
+
+Example (two variants, three seeds, two workers):
+    python benchmarks/run.py pearl.py --env sparse-point-robot --name spr-fp32-vs-bf16 \\
+        --common "--num-iterations 40 --net-size 64" --variant fp32= --variant bf16=--bf16 --seeds 1 2 3
+
+`--plot-only` rebuilds the JSON and PNG from the run directories of an earlier invocation (same arguments).
+The scripts' shared conventions make this work for all of them: `--env`, `--seed`, `--run-dir`, and one JSON
+line per evaluation in run_dir/eval.jsonl with "iteration", "env_steps", "eval/return" (+ "eval/success_rate").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("script", help="one of the six scripts, e.g. pearl.py (relative to the repository root)")
+    p.add_argument("--env", required=True, help="task family passed as --env")
+    p.add_argument("--name", required=True, help="benchmark name: results/<name>.json, results/<name>.png")
+    p.add_argument("--common", default="", help="flags given to every run (one quoted string)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                   help="a variant: label and its extra flags (repeatable; default: one variant 'default=')")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2), one thread each")
+    p.add_argument("--metrics", nargs="+", default=["eval/return", "eval/success_rate"],
+                   help="eval.jsonl keys to plot and summarize (missing keys are skipped)")
+    p.add_argument("--timeout", type=float, default=None, help="kill a run after this many seconds")
+    p.add_argument("--plot-only", action="store_true", help="do not run; rebuild JSON and PNG from the run dirs")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder holding results/ and runs/")
+    args = p.parse_args(argv)
+    if args.workers <= 0 or not args.seeds:
+        p.error("--workers must be positive and --seeds non-empty")
+    variants = []
+    for v in args.variant or ["default="]:
+        label, sep, flags = v.partition("=")
+        if not sep or not label or "/" in label:
+            p.error(f"--variant must be LABEL=FLAGS with a plain label, got {v!r}")
+        variants.append((label, flags))
+    if len({label for label, _ in variants}) != len(variants):
+        p.error("variant labels must be distinct")
+    if not os.path.isfile(os.path.join(ROOT, args.script)):
+        p.error(f"no script {args.script} in {ROOT}")
+    args.variants = variants
+    return args
+
+
+def run_one(cmd: list[str], run_dir: str, timeout: float | None) -> dict:
+    """Run one benchmark process with one thread; its stdout and stderr go to run_dir/stdout.log."""
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    with open(os.path.join(run_dir, "stdout.log"), "w") as log:
+        log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    return {"rc": rc, "wall_s": round(time.time() - t0, 1)}
+
+
+def read_evals(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "eval.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def curve(runs: list[list[dict]], metric: str) -> dict | None:
+    """Mean +- std over seeds at each evaluation index (runs share the eval schedule); x = mean env steps."""
+    runs = [r for r in runs if r and all(metric in e for e in r)]
+    if not runs:
+        return None
+    n = min(len(r) for r in runs)
+    y = np.array([[e[metric] for e in r[:n]] for r in runs], dtype=float)
+    x = np.array([[e["env_steps"] for e in r[:n]] for r in runs], dtype=float).mean(0)
+    return {"env_steps": x.tolist(), "mean": y.mean(0).tolist(), "std": y.std(0).tolist(), "n_seeds": len(runs),
+            "final_mean": float(y[:, -1].mean()), "final_std": float(y[:, -1].std())}
+
+
+def plot(path: str, title: str, results: dict, metrics: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in metrics if any(m in v["curves"] for v in results.values())]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    for ax, m in zip(axes[0], shown):
+        for label, v in results.items():
+            c = v["curves"].get(m)
+            if c is None:
+                continue
+            x, mu, sd = np.array(c["env_steps"]), np.array(c["mean"]), np.array(c["std"])
+            line, = ax.plot(x, mu, label=f"{label} ({c['n_seeds']} seeds)")
+            ax.fill_between(x, mu - sd, mu + sd, alpha=0.25, color=line.get_color())
+            p = v["curves"].get(m + "_prior")  # the level before adaptation (z from the prior), dashed
+            if p is not None:
+                ax.plot(p["env_steps"], p["mean"], "--", color=line.get_color(), label=f"{label}, z from the prior")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(m)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(textwrap.fill(title, 60 * len(shown)), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs_root = os.path.join(args.out, "runs", args.name)
+    jobs = []
+    for label, flags in args.variants:
+        for seed in args.seeds:
+            run_dir = os.path.join(runs_root, f"{label}__seed{seed}")
+            cmd = ([sys.executable, args.script, "--env", args.env] + shlex.split(args.common) + shlex.split(flags)
+                   + ["--seed", str(seed), "--run-dir", run_dir])
+            jobs.append((label, seed, run_dir, cmd))
+    status = {}
+    if not args.plot_only:
+        for _, _, run_dir, _ in jobs:  # fresh eval.jsonl: the scripts append to it
+            if os.path.exists(os.path.join(run_dir, "eval.jsonl")):
+                os.remove(os.path.join(run_dir, "eval.jsonl"))
+        print(f"{len(jobs)} runs, {args.workers} at a time; logs in {runs_root}/<variant>__seed<S>/stdout.log")
+        t0 = time.time()
+
+        def work(job):
+            label, seed, run_dir, cmd = job
+            r = run_one(cmd, run_dir, args.timeout)
+            print(f"  {label} seed {seed}: exit {r['rc']} after {r['wall_s']:.0f} s", flush=True)
+            return (label, seed), r
+
+        with ThreadPoolExecutor(args.workers) as pool:
+            status = dict(pool.map(work, jobs))
+        print(f"all runs finished in {time.time() - t0:.0f} s")
+
+    results = {}
+    for label, flags in args.variants:
+        per_seed = {}
+        for lab, seed, run_dir, cmd in jobs:
+            if lab == label:
+                evals = read_evals(run_dir)
+                per_seed[str(seed)] = {"command": " ".join(shlex.quote(c) for c in cmd[1:]), **status.get((lab, seed), {}),
+                                       "evals": evals}
+        runs = [s["evals"] for s in per_seed.values()]
+        times = {k: float(np.mean([e[k] for r in runs for e in r if k in e])) for k in
+                 ("time/collect", "time/update", "time/relabel", "time/eval") if any(k in e for r in runs for e in r)}
+        metrics = args.metrics + [m + "_prior" for m in args.metrics]  # e.g. eval/return_prior where logged
+        results[label] = {"flags": flags, "curves": {m: c for m in metrics if (c := curve(runs, m)) is not None},
+                          "mean_seconds_per_iteration": times, "seeds": per_seed}
+    os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
+    out = os.path.join(args.out, "results", f"{args.name}.json")
+    with open(out, "w") as f:
+        json.dump({"name": args.name, "script": args.script, "env": args.env, "common": args.common,
+                   "seeds": args.seeds, "variants": results}, f, indent=1)
+    png = os.path.join(args.out, "results", f"{args.name}.png")
+    plot(png, f"{args.script} --env {args.env} {args.common}", results, args.metrics)
+    print(f"wrote {out} and {png}")
+    for label, v in results.items():
+        summary = ", ".join(f"{m} {c['final_mean']:.3f} +- {c['final_std']:.3f} (n={c['n_seeds']})"
+                            for m, c in v["curves"].items() if c)
+        print(f"  {label}: final {summary or 'no evaluations'}")
+    failed = [k for k, r in status.items() if r["rc"] != 0]
+    if failed:
+        raise SystemExit(f"error: {len(failed)} run(s) failed: {failed}; see their stdout.log")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Tests of hfr.py: Eq. 8 / Algorithm 1 on a hand-computed 3-task example, the buffer routing of every relabeler
+(rewards and terminals of env.evaluate for the chosen task), each --relabel mode end to end, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+import hfr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LN2, LN4, LN8 = np.log(2.0), np.log(4.0), np.log(8.0)
+
+
+# ---------------------------------------------------------------------------------------------- Eq. 8 by hand
+def test_eq8_hand_computed():
+    # log Z_j = log mean_m exp U_j(tau_m) over M = 2 draws: task 0 {0, 0} -> 0; task 1 {0, ln 3} -> ln 2;
+    # task 2 {ln 2, ln 6} -> ln 4
+    draws = torch.tensor([[0.0, 0.0], [0.0, np.log(3.0)], [LN2, np.log(6.0)]], dtype=torch.float64)
+    log_z = hfr.log_mean_exp(draws, 1).numpy()
+    np.testing.assert_allclose(log_z, [0.0, LN2, LN4], atol=1e-12)
+    # U(tau) = (ln 2, ln 4, ln 4): U - log Z = (ln 2, ln 2, 0), so q is proportional to (2, 2, 1)
+    u = np.array([LN2, LN4, LN4])
+    np.testing.assert_allclose(hfr.relabel_distribution(u, log_z), [0.4, 0.4, 0.2], atol=1e-12)
+    # temperature epsilon = 1/2 squares the weights: (4, 4, 1) / 9  (§5.2)
+    np.testing.assert_allclose(hfr.relabel_distribution(u, log_z, epsilon=0.5), [4 / 9, 4 / 9, 1 / 9], atol=1e-12)
+    # without the partition function (Fig. 8b) q is proportional to exp(U) = (2, 4, 4)
+    np.testing.assert_allclose(hfr.relabel_distribution(u, 0.0), [0.2, 0.4, 0.4], atol=1e-12)
+    # huge utilities (Q is ~ -1000 on four-corners) must not overflow
+    np.testing.assert_allclose(hfr.relabel_distribution(u - 1000.0, log_z), [0.4, 0.4, 0.2], atol=1e-12)
+
+
+def test_hardmax_picks_the_argmax_and_sampling_follows_q():
+    u = np.array([LN2, LN8, LN4])
+    q = hfr.relabel_distribution(u, np.zeros(3), hardmax=True)
+    assert q.tolist() == [0.0, 1.0, 0.0]
+    rng = np.random.default_rng(0)
+    assert set(hfr.sample_rows(np.repeat(q[None], 1000, 0), rng).tolist()) == {1}
+    soft = hfr.relabel_distribution(u, np.zeros(3))  # (2, 8, 4) / 14
+    counts = np.bincount(hfr.sample_rows(np.repeat(soft[None], 20000, 0), rng), minlength=3) / 20000
+    np.testing.assert_allclose(counts, [2 / 14, 8 / 14, 4 / 14], atol=0.015)
+    np.testing.assert_allclose(hfr.entropy(soft), -(soft * np.log(soft)).sum())
+    assert hfr.entropy(q) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- the relabeler
+def make(relabel="hfr", **kw):
+    """A Relabeler on the first 3 tasks of four-corners, tiny networks."""
+    env = envs.make("four-corners", seed=0)
+    args = hfr.Args(env="four-corners", relabel=relabel, num_train_tasks=3, meta_batch=2, net_size=8,
+                    encoder_size=8, embedding_batch_size=4, utility_batch_size=5, num_initial_steps=20,
+                    replay_buffer_size=1000, relabel_prob=1.0, **kw)
+    args = hfr.resolve_hfr_args(args, env)
+    torch.manual_seed(0)
+    obs_dim, act_dim = 2, 2
+    ctx_dim = obs_dim + act_dim + 1
+    agent = hfr.PEARL(obs_dim, act_dim, ctx_dim, args)
+    train_tasks = env.train_tasks[:3]
+    rl_buf, enc_buf = (hfr.TaskReplayBuffers(3, 1000, obs_dim, act_dim) for _ in range(2))
+    return hfr.Relabeler(env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, "cpu")
+
+
+def q_equals_relu_of_first_obs(agent):
+    """Set both critics to Q(s, a, z) = relu(s[0]), so that Eq. 9 is hand-computable from the start states."""
+    for qf in (agent.qf1, agent.qf2):
+        with torch.no_grad():
+            for layer in qf.net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.zero_(), layer.bias.zero_()
+                    layer.weight[0, 0] = 1.0
+
+
+def diagonal_trajectory(env, task):
+    """(0, 0) -> (1, 1) in 10 steps of a = (1, 1): through task (1, 1)'s trap, ending at its goal."""
+    pos = np.linspace(0.0, 1.0, 11, dtype=np.float32)[:, None].repeat(2, 1)
+    traj = {"obs": pos[:-1], "act": np.ones((10, 2), np.float32), "next_obs": pos[1:]}
+    traj["rew"], traj["critic_rew"], traj["done"] = hfr.trajectory_rewards(env, traj, task, False)
+    return traj
+
+
+def fill_start_states(rel, first_coordinates, n=4):
+    for j, c in enumerate(first_coordinates):
+        rows = np.zeros((n, rel.start_buf.width), np.float32)
+        rows[:, 0] = c
+        rel.start_buf.add_trajectory(j, rows)
+
+
+def test_utility_and_relabel_distribution_of_algorithm_1():
+    rel = make()
+    q_equals_relu_of_first_obs(rel.agent)
+    fill_start_states(rel, [LN2, LN4, LN4])  # task j's start states all have s[0] = c_j, so U_j = c_j
+    traj = diagonal_trajectory(rel.env, rel.tasks[0])
+    rew, _, _ = rel.rewrite(traj)
+    rng = np.random.default_rng(0)
+    rel.log_z[:] = [0.0, LN2, LN4]
+    np.testing.assert_allclose(rel.hfr_distribution(traj, rew, rng), [[0.4, 0.4, 0.2]], atol=1e-6)
+    # log Z on every task's recent original data: a constant Q gives log Z_j = U_j = c_j, so q is uniform
+    for j in range(3):
+        rel.orig_buf.add_trajectory(j, hfr.pack(traj, traj["rew"]))
+    rel.update_log_partition(rng)
+    np.testing.assert_allclose(rel.log_z, [LN2, LN4, LN4], atol=1e-6)
+    np.testing.assert_allclose(rel.hfr_distribution(traj, rew, rng), [[1 / 3] * 3], atol=1e-6)
+
+
+def test_hardmax_relabels_every_trajectory_to_the_argmax_task():
+    rel = make(hardmax=True)
+    q_equals_relu_of_first_obs(rel.agent)
+    # U - log Z = (ln 2, ln 8, ln 4) with log Z = 0: task 1 wins. Each stored trajectory adds its start state
+    # (s[0] = 0) to the chosen task's start states; 40 rows keep that from changing the argmax.
+    fill_start_states(rel, [LN2, LN8, LN4], n=40)
+    rel.begin_iteration()
+    rel.store([diagonal_trajectory(rel.env, rel.tasks[0]) for _ in range(5)], 0, True, True, np.random.default_rng(0))
+    assert rel.rl_buf.size.tolist() == rel.enc_buf.size.tolist() == [0, 50, 0]
+    assert rel.pop_stats()["relabel/entropy"] == 0.0
+
+
+def test_no_partition_drops_log_z():
+    rel = make(partition=False)
+    q_equals_relu_of_first_obs(rel.agent)
+    fill_start_states(rel, [LN2, LN4, LN4])
+    rel.log_z[:] = [0.0, LN2, LN4]  # ignored
+    traj = diagonal_trajectory(rel.env, rel.tasks[0])
+    q = rel.hfr_distribution(traj, rel.rewrite(traj)[0], np.random.default_rng(0))
+    np.testing.assert_allclose(q, [[0.2, 0.4, 0.4]], atol=1e-6)
+    rel.update_log_partition(np.random.default_rng(0))  # not computed at all without the partition function
+    assert rel.log_z.tolist() == [0.0, LN2, LN4]
+
+
+def test_utility_context_is_the_trajectory_under_each_tasks_reward(monkeypatch):
+    rel = make()
+    fill_start_states(rel, [0.1, 0.2, 0.3])
+    seen = {}
+
+    def spy(agent, context, start_obs):
+        seen["context"], seen["start_obs"] = context.numpy(), start_obs.numpy()
+        return torch.zeros(context.shape[0])
+
+    monkeypatch.setattr(hfr, "utility", spy)
+    traj = diagonal_trajectory(rel.env, rel.tasks[0])
+    rel.hfr_distribution(traj, rel.rewrite(traj)[0], np.random.default_rng(0))
+    ctx = seen["context"]
+    assert ctx.shape == (3, 10, 5) and seen["start_obs"].shape == (3, 5, 2)  # all tasks in one batched call
+    for j in range(3):
+        r, _ = rel.env.evaluate(traj["obs"], traj["act"], traj["next_obs"], rel.tasks[j])
+        np.testing.assert_array_equal(ctx[j, :, 4], r)
+        np.testing.assert_array_equal(ctx[j, :, :2], traj["obs"])
+        np.testing.assert_allclose(seen["start_obs"][j, :, 0], [0.1, 0.2, 0.3][j], rtol=1e-6)
+    assert len(set(map(tuple, ctx[:, :, 4]))) > 1  # the example does tell the tasks apart
+
+
+@pytest.mark.parametrize("relabel", ["hfr", "hipi", "random"])
+def test_relabeled_rewards_and_terminals_are_env_evaluate_of_the_chosen_task(relabel):
+    rel = make(relabel)
+    fill_start_states(rel, [0.0, 0.0, 0.0])
+    for j in range(3):  # HIPI's z_j come from the encoder buffers
+        rel.enc_buf.add_trajectory(j, hfr.pack(diagonal_trajectory(rel.env, rel.tasks[j]), np.zeros(10)))
+    rel.begin_iteration()
+    rng = np.random.default_rng(1)
+    trajs = [diagonal_trajectory(rel.env, rel.tasks[1]) for _ in range(6)]
+    rel.store(trajs, 1, True, True, rng)
+    assert rel.rl_buf.size.sum() == rel.enc_buf.size.sum() == 60  # each transition exactly once, old context gone
+    assert rel.orig_buf.size.tolist() == [0, 60, 0]  # the originals, unchanged, for the task's own posterior
+    np.testing.assert_array_equal(rel.orig_buf.data[1, :10, 4], trajs[0]["rew"])
+    for j in range(3):
+        for buf in (rel.rl_buf, rel.enc_buf):
+            rows = buf.data[j, : buf.size[j]]
+            r, d = rel.env.evaluate(rows[:, :2], rows[:, 2:4], rows[:, 5:7], rel.tasks[j])
+            np.testing.assert_array_equal(rows[:, 4], r)
+            np.testing.assert_array_equal(rows[:, -1], d)
+    stats = rel.pop_stats()
+    assert stats["relabel/fraction_relabeled"] == 1.0 and 0 < stats["relabel/entropy"] <= np.log(3) + 1e-9
+    if relabel == "random":  # 60 transitions, 6 uniform draws: moving none would be a (1/3)^6 fluke
+        assert stats["relabel/entropy"] == pytest.approx(np.log(3)) and stats["relabel/fraction_to_other_task"] > 0
+
+
+def test_initial_data_and_none_stay_with_their_task():
+    for relabel, may_relabel in (("hfr", False), ("none", True)):
+        rel = make(relabel)
+        rel.store([diagonal_trajectory(rel.env, rel.tasks[2])], 2, True, may_relabel, np.random.default_rng(0))
+        assert rel.rl_buf.size.tolist() == rel.enc_buf.size.tolist() == [0, 0, 10]
+        assert rel.pop_stats()["relabel/fraction_relabeled"] == 0.0
+
+
+def test_learned_reward_replaces_the_reward_but_not_the_terminals():
+    rel = make("random", learned_reward=True, learning_rate=1e-2)
+    traj = diagonal_trajectory(rel.env, rel.tasks[1])
+    rew, critic, done = rel.rewrite(traj)
+    np.testing.assert_array_equal(rew, rel.predicted_reward(traj))
+    np.testing.assert_array_equal(critic, rew)
+    np.testing.assert_array_equal(done, rel.env.evaluate(traj["obs"], traj["act"], traj["next_obs"],
+                                                         rel.tasks[:, None])[1])
+    batch = torch.from_numpy(np.stack([hfr.pack(traj, traj["critic_rew"])] * 2))
+    before = rel.reward_model_step(batch, np.array([1, 1])).item()
+    for _ in range(200):
+        after = rel.reward_model_step(batch, np.array([1, 1])).item()
+    assert after < 0.5 * before
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+TINY = ["--env", "four-corners", "--num-iterations", "2", "--meta-batch", "4", "--num-initial-steps", "40",
+        "--num-tasks-sample", "3", "--num-steps-prior", "40", "--num-steps-posterior", "40",
+        "--num-train-steps-per-itr", "3", "--batch-size", "16", "--embedding-batch-size", "16",
+        "--utility-batch-size", "8", "--num-evals", "1", "--num-steps-per-eval", "40", "--net-size", "16",
+        "--encoder-size", "16", "--log-partition-samples", "3"]
+
+
+def run(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "hfr.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("relabel,extra", [("hfr", []), ("hipi", []), ("random", ["--learned-reward"]),
+                                           ("none", [])])
+def test_each_relabel_mode_end_to_end(relabel, extra, tmp_path):
+    d = str(tmp_path / relabel)
+    p = run([*TINY, "--relabel", relabel, "--run-dir", d, "--relabel-prob", "1", *extra])
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = read_jsonl(os.path.join(d, "eval.jsonl"))
+    last = rows[-1]
+    assert last["iteration"] == 2 and np.isfinite(last["eval/return"]) and "eval/success_rate" in last
+    assert last["time/relabel"] > 0 if relabel != "none" else last["time/relabel"] == 0
+    assert last["relabel/fraction_relabeled"] == (0.0 if relabel == "none" else 1.0)
+    if relabel == "hfr":
+        assert last["relabel/log_z_mean"] != 0.0  # refreshed after collection
+    if extra:
+        assert np.isfinite(last["losses/reward_model_loss"])
+    assert os.path.isfile(os.path.join(d, "checkpoint.pt"))
+    if relabel == "hfr":  # resume continues the relabeler's state too
+        p = run(["--resume", d, "--num-iterations", "3"])
+        assert p.returncode == 0 and "resumed" in p.stdout, p.stderr[-2000:]
+        assert read_jsonl(os.path.join(d, "eval.jsonl"))[-1]["iteration"] == 3
+
+
+@pytest.mark.parametrize("kw", [dict(relabel="bogus"), dict(epsilon=0.0), dict(utility_batch_size=-1),
+                                dict(relabel_prob=1.5), dict(learned_reward=True, relabel="none"),
+                                dict(relabel="hfr", num_initial_steps=0)])
+def test_bad_input_is_a_one_line_error(kw):
+    env = envs.make("four-corners")
+    with pytest.raises(SystemExit) as e:
+        hfr.resolve_hfr_args(hfr.Args(env="four-corners", meta_batch=4, **kw), env)
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv,words", [(["--env", "sparse-point-robot", "--relabel", "bogus"], "hipi"),
+                                        (["--env", "cheetah-armature"], "dynamics")])
+def test_bad_input_from_the_command_line_has_no_traceback(argv, words):
+    p = run(argv)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]

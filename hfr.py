@@ -837,13 +837,6 @@ def save_checkpoint(path: str, state: dict) -> None:
             os.remove(tmp)
 
 
-def write_gif(path: str, frames: list) -> None:
-    import imageio.v2 as imageio  # only with --capture-video (installed with gymnasium[mujoco])
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    imageio.mimsave(path, [np.asarray(f) for f in frames], duration=0.05, loop=0)
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + "\n\n" + defaults_table())
     checkpoint = None
@@ -952,7 +945,7 @@ if __name__ == "__main__":
                 if args.capture_video and ((it + 1) % args.video_interval == 0 or last_iter or it == 0):
                     run = meta_test_run(eval_env, agent, test_tasks[0], args, ctx_dim, device, render=True)
                     if run["frames"] and run["frames"][0] is not None:
-                        write_gif(os.path.join(run_dir, "videos", f"iteration_{it + 1}.gif"), run["frames"])
+                        envs.save_video(run["frames"], os.path.join(run_dir, "videos", f"iteration_{it + 1}.gif"))
             t_eval = time.time() - t0
 
             # ---- log: TensorBoard, eval.jsonl, progress line

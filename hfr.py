@@ -906,6 +906,8 @@ if __name__ == "__main__":
             t0, relabel_t0 = time.time(), relabeler.seconds
             trajs = []
             if it == 0:
+                print(f"collecting the initial pool: {args.num_initial_steps} transitions for each of "
+                      f"{len(train_tasks)} train tasks, z from the prior", flush=True)
                 for i, task in enumerate(train_tasks):
                     trajs += collect_data(env, agent, i, task, args.num_initial_steps, False, True, relabeler, False,
                                           args, ctx_dim, rng, device)  # initial data: never relabeled (authors)

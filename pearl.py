@@ -632,6 +632,8 @@ if __name__ == "__main__":
             t0 = time.time()
             trajs = []
             if it == 0:
+                print(f"collecting the initial pool: {args.num_initial_steps} transitions for each of "
+                      f"{len(train_tasks)} train tasks, z from the prior", flush=True)
                 for i, task in enumerate(train_tasks):
                     trajs += collect_data(env, agent, i, task, args.num_initial_steps, False, True, rl_buf, enc_buf,
                                           args, ctx_dim, rng, device)

@@ -204,3 +204,11 @@ def test_renders_rgb_array(env):
     assert isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
     assert img.std() > 0, "blank frame"
     e.close()
+
+
+def test_make_seed_seeds_the_first_reset(env):
+    """envs.make(name, seed) alone fixes the episodes: a reset() without a seed repeats under the same seed."""
+    a, b = envs.make(env.name, seed=5), envs.make(env.name, seed=5)
+    np.testing.assert_array_equal(a.reset()[0], b.reset()[0])
+    np.testing.assert_array_equal(a.reset()[0], b.reset()[0])
+    a.close(), b.close()

@@ -119,7 +119,7 @@ class TaskEnv(gym.Env):
         ok = action.shape[-len(shape):] == shape if batched else action.shape == shape
         if not ok or (not batched and action.ndim != len(shape)):
             raise ValueError(f"{self.name}: action must have shape {shape}, got {action.shape}")
-        return np.clip(action, -1.0, 1.0)
+        return np.minimum(np.maximum(action, -1.0), 1.0)  # np.clip costs twice as much on tiny arrays
 
 
 # ------------------------------------------------------------------------------------------------------------

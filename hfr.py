@@ -109,6 +109,9 @@ class Args:
     critic_dense_reward: Optional[bool] = None
     """critic on info['dense_reward'] (env.evaluate_dense), encoder on the env reward: PEARL's sparse-point-robot
     recipe (default there); False = the env reward everywhere (HFR's convention)"""
+    reward_delay: int = 1
+    """pay rewards as their sum every N steps and at the episode end (envs.DelayedReward, MCAT's delayed-reward
+    setting); 1 = every step. Encoder and critic both see only the delayed rewards"""
     use_information_bottleneck: bool = True
     """probabilistic z (product of Gaussians + KL); False: z = mean of deterministic encoder outputs"""
     latent_size: int = 5
@@ -420,11 +423,25 @@ def pack(traj: dict, reward: np.ndarray) -> np.ndarray:
                           1, dtype=np.float32)
 
 
-def trajectory_rewards(env: envs.TaskEnv, traj: dict, task: np.ndarray, critic_dense: bool):
-    """(reward the encoder sees, reward the critic is trained on, terminated) of a trajectory under `task`."""
+def delay_rewards(rew: np.ndarray, delay: int) -> np.ndarray:
+    """Per-step rewards (..., T) of one whole episode as envs.DelayedReward pays them: zero, except the sum of
+    the last `delay` steps at every delay-th step and the sum of the remainder at the final step."""
+    if delay == 1:
+        return rew
+    paid = np.zeros(rew.shape[-1], dtype=bool)
+    paid[delay - 1::delay] = paid[-1] = True
+    cumulative = np.cumsum(rew, -1)[..., paid]
+    out = np.zeros_like(rew)
+    out[..., paid] = np.diff(cumulative, axis=-1, prepend=0.0)
+    return out
+
+
+def trajectory_rewards(env: envs.TaskEnv, traj: dict, task: np.ndarray, args: Args):
+    """(reward the encoder sees, reward the critic is trained on, terminated) of a whole episode under `task`;
+    env.evaluate gives per-step rewards, so a delayed-reward run delays them here as the env wrapper did."""
     rew, done = env.evaluate(traj["obs"], traj["act"], traj["next_obs"], task)
-    critic = env.evaluate_dense(traj["obs"], traj["act"], traj["next_obs"], task) if critic_dense else rew
-    return rew, critic, done
+    critic = env.evaluate_dense(traj["obs"], traj["act"], traj["next_obs"], task) if args.critic_dense_reward else rew
+    return delay_rewards(rew, args.reward_delay), delay_rewards(critic, args.reward_delay), done
 
 
 # ---------------------------------------------------------------------------------------------- the update
@@ -577,7 +594,7 @@ class Relabeler:
     # ---- hindsight: the trajectory under every train task
     def rewrite(self, traj: dict):
         """(reward the encoder sees, critic reward, terminated) of traj under every train task, (K, T) each."""
-        rew, critic, done = trajectory_rewards(self.env, traj, self.tasks[:, None], self.args.critic_dense_reward)
+        rew, critic, done = trajectory_rewards(self.env, traj, self.tasks[:, None], self.args)
         if self.reward_model is not None:
             rew = critic = self.predicted_reward(traj)
         return rew, critic, done
@@ -752,7 +769,7 @@ def collect_data(env, agent, task_idx, task, n_samples, update_posterior, add_to
         batch = []
         while n < n_samples:  # prior phase: one call for all its trajectories; posterior phase: one each
             traj = rollout(env, agent, z, deterministic=False, device=device)
-            traj["rew"], traj["critic_rew"], traj["done"] = trajectory_rewards(env, traj, task, args.critic_dense_reward)
+            traj["rew"], traj["critic_rew"], traj["done"] = trajectory_rewards(env, traj, task, args)
             batch.append(traj)
             n += len(traj["rew"])
             if update_posterior:
@@ -850,8 +867,10 @@ if __name__ == "__main__":
                                    run_dir=args.run_dir or os.path.dirname(os.path.abspath(path)),
                                    num_iterations=args.num_iterations or saved.num_iterations)
     try:
-        env = envs.make(args.env, seed=args.seed)
-        eval_env = envs.make(args.env, seed=args.seed + 10_000,
+        if args.reward_delay < 1:
+            raise SystemExit(f"error: --reward-delay must be >= 1, got {args.reward_delay}")
+        env = envs.make(args.env, seed=args.seed, reward_delay=args.reward_delay)
+        eval_env = envs.make(args.env, seed=args.seed + 10_000, reward_delay=args.reward_delay,
                              **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
         raise SystemExit(f"error: {e}")

@@ -75,11 +75,12 @@ def q_equals_relu_of_first_obs(agent):
                     layer.weight[0, 0] = 1.0
 
 
-def diagonal_trajectory(env, task):
+def diagonal_trajectory(env, task, reward_delay=1):
     """(0, 0) -> (1, 1) in 10 steps of a = (1, 1): through task (1, 1)'s trap, ending at its goal."""
     pos = np.linspace(0.0, 1.0, 11, dtype=np.float32)[:, None].repeat(2, 1)
     traj = {"obs": pos[:-1], "act": np.ones((10, 2), np.float32), "next_obs": pos[1:]}
-    traj["rew"], traj["critic_rew"], traj["done"] = hfr.trajectory_rewards(env, traj, task, False)
+    args = hfr.Args(critic_dense_reward=False, reward_delay=reward_delay)
+    traj["rew"], traj["critic_rew"], traj["done"] = hfr.trajectory_rewards(env, traj, task, args)
     return traj
 
 
@@ -176,6 +177,21 @@ def test_relabeled_rewards_and_terminals_are_env_evaluate_of_the_chosen_task(rel
     assert stats["relabel/fraction_relabeled"] == 1.0 and 0 < stats["relabel/entropy"] <= np.log(3) + 1e-9
     if relabel == "random":  # 60 transitions, 6 uniform draws: moving none would be a (1/3)^6 fluke
         assert stats["relabel/entropy"] == pytest.approx(np.log(3)) and stats["relabel/fraction_to_other_task"] > 0
+
+
+def test_relabeled_rewards_under_reward_delay_are_delayed_rewards_of_the_chosen_task():
+    rel = make("random", reward_delay=4)
+    fill_start_states(rel, [0.0, 0.0, 0.0])
+    rel.begin_iteration()
+    trajs = [diagonal_trajectory(rel.env, rel.tasks[1], reward_delay=4) for _ in range(6)]
+    rel.store(trajs, 1, True, True, np.random.default_rng(1))
+    for j in range(3):
+        rows = rel.rl_buf.data[j, : rel.rl_buf.size[j]].reshape(-1, 10, rel.rl_buf.width)  # whole episodes
+        for ep in rows:
+            r, _ = rel.env.evaluate(ep[:, :2], ep[:, 2:4], ep[:, 5:7], rel.tasks[j])
+            np.testing.assert_allclose(ep[:, 4], [0, 0, 0, r[:4].sum(), 0, 0, 0, r[4:8].sum(), 0, r[8:].sum()],
+                                       rtol=1e-6)
+    assert rel.rl_buf.size[1] < 60  # some episodes did move to other tasks
 
 
 def test_initial_data_and_none_stay_with_their_task():

@@ -199,6 +199,33 @@ def test_sparse_point_robot_recipe_critic_dense_encoder_sparse():
     assert not hfr.critic_dense_reward
 
 
+def test_delay_rewards_hand_computed():
+    r = np.array([[1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 1.0, 0.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(pearl.delay_rewards(r, 2), [[0, 3, 0, 7, 5], [0, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(pearl.delay_rewards(r, 5), [[0, 0, 0, 0, 15], [0, 0, 0, 0, 2]])
+    np.testing.assert_array_equal(pearl.delay_rewards(r, 7), [[0, 0, 0, 0, 15], [0, 0, 0, 0, 2]])
+    assert pearl.delay_rewards(r, 1) is r
+
+
+def test_reward_delay_stores_what_the_delayed_env_paid():
+    env = envs.make("cheetah-vel", seed=0, reward_delay=7, horizon=30)
+    args = tiny_args(env, reward_delay=7)
+    agent, obs_dim, act_dim, ctx_dim = tiny_agent(env, args)
+    task = env.train_tasks[0]
+    env.set_task(task)
+    traj = pearl.rollout(env, agent, torch.zeros(1, args.latent_size), False, torch.device("cpu"))
+    rew, critic, _ = pearl.trajectory_rewards(env, traj, task, args)
+    np.testing.assert_allclose(rew, traj["rew"], rtol=1e-9, atol=1e-9)  # env.step's delayed payments
+    np.testing.assert_array_equal(rew, critic)
+    assert (rew.nonzero()[0] == [6, 13, 20, 27, 29]).all()
+    rl = pearl.TaskReplayBuffers(4, 1000, obs_dim, act_dim)
+    enc = pearl.TaskReplayBuffers(4, 1000, obs_dim, act_dim)
+    pearl.collect_data(env, agent, 0, task, 60, False, True, rl, enc, args, ctx_dim, np.random.default_rng(0),
+                       torch.device("cpu"))
+    for buf in (rl, enc):  # both buffers: zero except at the payment steps of each 30-step episode
+        assert (buf.data[0, :60, obs_dim + act_dim].nonzero()[0] % 30 == [6, 13, 20, 27, 29] * 2).all()
+
+
 # ------------------------------------------------------------------------------------ end to end
 def test_end_to_end_checkpoint_exact_resume_and_determinism(tmp_path):
     a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
@@ -239,6 +266,7 @@ def test_end_to_end_sparse_bf16_video_deterministic_encoder(tmp_path):
     (["--env", "no-such-env"], "unknown env"),
     (["--resume", "/nonexistent/checkpoint.pt"], "no checkpoint"),
     (["--env", "point-robot", "--batch-size", "0"], "--batch-size must be positive"),
+    (["--env", "point-robot", "--reward-delay", "0"], "--reward-delay must be >= 1"),
 ])
 def test_bad_input_is_a_one_line_error(flags, needle):
     p = run(*flags, "--run-dir", "/tmp/pearl-test-never-created", check=False)

@@ -109,7 +109,16 @@ def plot(path: str, title: str, results: dict, metrics: list[str]) -> None:
     if not shown:
         return
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    one_point = all(len(c["env_steps"]) == 1 for v in results.values() for c in v["curves"].values())
     for ax, m in zip(axes[0], shown):
+        if one_point:  # one evaluation per run (e.g. hipi.py --mode bc): bars of mean +- std over seeds
+            bars = [(label, v["curves"][m]) for label, v in results.items() if m in v["curves"]]
+            ax.bar(range(len(bars)), [c["mean"][0] for _, c in bars], yerr=[c["std"][0] for _, c in bars],
+                   capsize=4, color=[f"C{i}" for i in range(len(bars))])
+            ax.set_xticks(range(len(bars)), [f"{label}\n({c['n_seeds']} seeds)" for label, c in bars], fontsize=8)
+            ax.set_ylabel(m)
+            ax.grid(alpha=0.3, axis="y")
+            continue
         for label, v in results.items():
             c = v["curves"].get(m)
             if c is None:

@@ -145,8 +145,9 @@ class Args:
     """TD3 gradient steps per collected env step"""
     sil_value_coef: float = 0.01
     """beta^sil of Oh et al.: weight of 1/2 (R - Q)_+^2 on both critics"""
-    sil_policy_coef: float = 1.0
-    """weight of the actor's advantage-weighted imitation term"""
+    sil_policy_coef: float = 0.0
+    """weight of the actor's advantage-weighted imitation term (Oh et al.'s policy loss). Off by default: at
+    1/(2 sigma^2) = 50 it outweighs the TD3 actor loss and pins pi to the buffer's mean action (docs/mcat.md)"""
     sil_adv_clip: float = 1.0
     """clip of the SIL advantage (R - V)_+ (Oh et al.'s implementation)"""
 
@@ -445,9 +446,9 @@ def sample_rl_batch(model, buf, rng, args, device, use_context=True):
 
 def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
     """TD3 (Fujimoto et al. 2018) on context-conditioned nets, plus SIL (Oh et al. 2018) in TD3 form:
-    critics: 1/2 (R - Q_k(s, a, z))_+^2 for k = 1, 2 (lower-bound Q learning);
-    actor: w (a - pi(s, z))^2 / (2 sigma^2) with w = clip(R - V(s, z), 0, c), V = min_k Q_k(s, pi(s, z), z):
-    SIL's -log pi(a|s) (R - V)_+ for the Gaussian exploration policy N(pi(s, z), sigma^2)."""
+    critics: 1/2 (R - Q_k(s, a, z))_+^2 for k = 1, 2 (lower-bound Q learning, Tang 2020; the actor follows Q);
+    actor, only with --sil-policy-coef > 0: w (a - pi(s, z))^2 / (2 sigma^2) with w = clip(R - V(s, z), 0, c),
+    V = min_k Q_k(s, pi(s, z), z): SIL's -log pi(a|s) (R - V)_+ for the Gaussian policy N(pi(s, z), sigma^2)."""
     actor, qf1, qf2 = nets
     actor_t, qf1_t, qf2_t = targets
     obs, act, rew, next_obs, done, ret, z, z_next = batch
@@ -470,7 +471,7 @@ def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
         pi = actor(obs, z)
         q_pi = qf1(obs, pi, z)
         pi_loss = -q_pi.mean()
-        if not args.no_sil:
+        if not args.no_sil and args.sil_policy_coef > 0:
             with torch.no_grad():
                 w = (ret - torch.min(q_pi, qf2(obs, pi, z))).clamp(0.0, args.sil_adv_clip)
             sil_pi = (w * ((act - pi) ** 2).sum(-1)).mean() / (2 * args.exploration_noise**2)

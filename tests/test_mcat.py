@@ -125,7 +125,7 @@ def test_td3_batch_contexts_carry_no_gradient_to_the_encoder():
     for k in range(2):
         buf.add_episode(k, rng.random((20, 3)), rng.random((20, 2)), np.ones(20), rng.random((20, 3)),
                         np.zeros(20), np.ones(20))
-    args = mcat.Args(batch_size=16)
+    args = mcat.Args(batch_size=16, sil_policy_coef=1.0)  # both SIL terms, so both reach the networks
     model = mcat.DynamicsModel(3, 2, args.context_len, args.context_dim)
     batch = mcat.sample_rl_batch(model, buf, rng, args, "cpu")
     assert not batch[-1].requires_grad and not batch[-2].requires_grad  # Fig. 2d: C fixed while training Q, pi

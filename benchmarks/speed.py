@@ -7,7 +7,9 @@ and, for PEARL-based scripts, the cost of one gradient step at paper size in fp3
         --flags "--num-train-steps-per-itr 200 --eval-interval 1"
 
     # one gradient step at paper size (16 tasks x 256, context 100, nets 300, obs 20, act 6), fp32 vs --bf16,
-    # median of --steps steps, repeated --repeats times (the spread shows how busy the machine was)
+    # median of --steps steps, repeated --repeats times (the spread shows how busy the machine was); also the
+    # step's matmul FLOPs (torch's FlopCounterMode), this machine's matmul rate at the layer shape, measured
+    # between the repeats, and the step time as a multiple of FLOPs / rate (the floor)
     python benchmarks/speed.py grad-step --threads 2
 
 Both modes keep the machine's other work in mind: they report ranges, not a single best number.
@@ -115,8 +117,25 @@ def naive_gradient_step(m, agent, optims, batch, context, a, obs_dim, act_dim):
     optims["policy"].step()
 
 
+def gemm_gflops(torch, dtype, rows: int, width: int, clock, reps: int = 30) -> float:
+    """Matmul throughput at the step's layer shape: (rows x width) @ (width x width) as forward, input-gradient
+    and weight-gradient products, GFLOP/s over all three. The gradient step cannot beat its FLOPs at this rate."""
+    g = torch.Generator().manual_seed(1)
+    x, d = (torch.randn(rows, width, generator=g).to(dtype) for _ in range(2))
+    w = torch.randn(width, width, generator=g).to(dtype)
+    products = (lambda: x @ w, lambda: d @ w.t(), lambda: d.t() @ x)
+    for f in products:
+        f()
+    t0 = clock()
+    for _ in range(reps):
+        for f in products:
+            f()
+    return 3 * reps * 2 * rows * width * width / (clock() - t0) / 1e9
+
+
 def grad_step(args) -> dict:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.threads)
     m = load_script(args.script)
@@ -141,8 +160,13 @@ def grad_step(args) -> dict:
             setups[name] = (agent, m.make_optimizers(agent, a.learning_rate))
             for _ in range(args.warmup):
                 steps[name](*setups[name], batch, context, a, obs_dim, act_dim)
-        medians = {name: [] for name in steps}
+        with FlopCounterMode(display=False) as counter:  # matmul FLOPs of one step, forward and backward
+            steps["script"](*setups["script"], batch, context, a, obs_dim, act_dim)
+        gflop = counter.get_total_flops() / 1e9
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        medians, peaks = {name: [] for name in steps}, []
         for _ in range(args.repeats):  # variants interleaved, so a busy spell hits both
+            peaks.append(gemm_gflops(torch, dtype, T * B, args.net_size, clock))
             for name, step in steps.items():
                 ts = []
                 for _ in range(args.steps):
@@ -156,6 +180,15 @@ def grad_step(args) -> dict:
                         "min_ms": round(min(meds), 1), "max_ms": round(max(meds), 1)}
             print(f"  {key}: {res[key]['median_ms']:.1f} ms per gradient step (repeat medians "
                   f"{res[key]['min_ms']:.1f} .. {res[key]['max_ms']:.1f}; {args.repeats} x {args.steps} steps)", flush=True)
+        key = "bf16" if bf16 else "fp32"
+        peak = float(np.median(peaks))
+        floor_ms = 1000 * gflop / peak
+        res[key].update({"gflop_per_step": round(gflop, 2), "gemm_gflops_per_repeat": [round(x, 1) for x in peaks],
+                         "gemm_gflops": round(peak, 1), "floor_ms": round(floor_ms, 1),
+                         "x_floor": round(res[key]["median_ms"] / floor_ms, 2)})
+        print(f"  {key}: {gflop:.1f} GFLOP per step; matmul {peak:.0f} GFLOP/s at {T * B} x {args.net_size} x "
+              f"{args.net_size} -> floor {floor_ms:.1f} ms; the step takes {res[key]['x_floor']:.2f} x the floor",
+              flush=True)
     res["speedup_bf16"] = round(res["fp32"]["median_ms"] / res["bf16"]["median_ms"], 2)
     res["config"] = {"script": args.script, "threads": args.threads, "clock": args.clock, "tasks": T, "batch": B,
                      "context": C, "net_size": args.net_size, "obs_dim": obs_dim, "act_dim": act_dim,

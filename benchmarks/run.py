@@ -46,6 +46,10 @@ def parse_args(argv=None):
                    help="eval.jsonl keys to plot and summarize (missing keys are skipped)")
     p.add_argument("--timeout", type=float, default=None, help="kill a run after this many seconds")
     p.add_argument("--plot-only", action="store_true", help="do not run; rebuild JSON and PNG from the run dirs")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip every run that results/<name>.json already holds as finished (exit 0) with the same\n"
+                        "command, writing its eval.jsonl back from that file; run only the rest. A long comparison\n"
+                        "can so be finished in parts (commit the JSON after each) on different machines")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder holding results/ and runs/")
     args = p.parse_args(argv)
     if args.workers <= 0 or not args.seeds:
@@ -77,6 +81,32 @@ def run_one(cmd: list[str], run_dir: str, timeout: float | None) -> dict:
         except subprocess.TimeoutExpired:
             rc = "timeout"
     return {"rc": rc, "wall_s": round(time.time() - t0, 1)}
+
+
+def without_run_dir(command: list[str]) -> list[str]:
+    """A run's command without its --run-dir value (the folder differs between machines, the run does not)."""
+    i = command.index("--run-dir")
+    return command[:i] + command[i + 2:]
+
+
+def reuse_finished(results_path: str, jobs: list) -> dict:
+    """Runs of `jobs` that an earlier results file holds as finished with the same command: their eval.jsonl is
+    written back into the run directory, and their status (rc 0, wall time, "reused") is returned by (label, seed)."""
+    if not os.path.isfile(results_path):
+        return {}
+    with open(results_path) as f:
+        old = json.load(f)
+    done = {}
+    for label, seed, run_dir, cmd in jobs:
+        prev = old.get("variants", {}).get(label, {}).get("seeds", {}).get(str(seed))
+        if (not prev or prev.get("rc") != 0 or not prev.get("evals")
+                or without_run_dir(shlex.split(prev["command"])) != without_run_dir(cmd[1:])):
+            continue
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in prev["evals"])
+        done[(label, seed)] = {"rc": 0, "wall_s": prev.get("wall_s"), "reused": True}
+    return done
 
 
 def read_evals(run_dir: str) -> list[dict]:
@@ -149,12 +179,16 @@ def main(argv=None):
             cmd = ([sys.executable, args.script, "--env", args.env] + shlex.split(args.common) + shlex.split(flags)
                    + ["--seed", str(seed), "--run-dir", run_dir])
             jobs.append((label, seed, run_dir, cmd))
-    status = {}
+    out = os.path.join(args.out, "results", f"{args.name}.json")
+    status = reuse_finished(out, jobs) if args.reuse and not args.plot_only else {}
+    if status:
+        print(f"reusing {len(status)} finished run(s) from {out}: " + ", ".join(f"{l} seed {s}" for l, s in status))
     if not args.plot_only:
-        for _, _, run_dir, _ in jobs:  # fresh eval.jsonl: the scripts append to it
+        jobs_to_run = [j for j in jobs if (j[0], j[1]) not in status]
+        for _, _, run_dir, _ in jobs_to_run:  # fresh eval.jsonl: the scripts append to it
             if os.path.exists(os.path.join(run_dir, "eval.jsonl")):
                 os.remove(os.path.join(run_dir, "eval.jsonl"))
-        print(f"{len(jobs)} runs, {args.workers} at a time; logs in {runs_root}/<variant>__seed<S>/stdout.log")
+        print(f"{len(jobs_to_run)} runs, {args.workers} at a time; logs in {runs_root}/<variant>__seed<S>/stdout.log")
         t0 = time.time()
 
         def work(job):
@@ -164,7 +198,7 @@ def main(argv=None):
             return (label, seed), r
 
         with ThreadPoolExecutor(args.workers) as pool:
-            status = dict(pool.map(work, jobs))
+            status.update(pool.map(work, jobs_to_run))
         print(f"all runs finished in {time.time() - t0:.0f} s")
 
     results = {}
@@ -182,7 +216,6 @@ def main(argv=None):
         results[label] = {"flags": flags, "curves": {m: c for m in metrics if (c := curve(runs, m)) is not None},
                           "mean_seconds_per_iteration": times, "seeds": per_seed}
     os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
-    out = os.path.join(args.out, "results", f"{args.name}.json")
     with open(out, "w") as f:
         json.dump({"name": args.name, "script": args.script, "env": args.env, "common": args.common,
                    "seeds": args.seeds, "variants": results}, f, indent=1)

@@ -89,9 +89,9 @@ def without_run_dir(command: list[str]) -> list[str]:
     return command[:i] + command[i + 2:]
 
 
-def reuse_finished(results_path: str, jobs: list) -> dict:
-    """Runs of `jobs` that an earlier results file holds as finished with the same command: their eval.jsonl is
-    written back into the run directory, and their status (rc 0, wall time, "reused") is returned by (label, seed)."""
+def reuse_finished(results_path: str, jobs: list, restore: bool = True) -> dict:
+    """Runs of `jobs` that an earlier results file holds as finished with the same command: their status (rc 0,
+    wall time, "reused") by (label, seed), and with `restore` their eval.jsonl written back into the run dir."""
     if not os.path.isfile(results_path):
         return {}
     with open(results_path) as f:
@@ -102,9 +102,10 @@ def reuse_finished(results_path: str, jobs: list) -> dict:
         if (not prev or prev.get("rc") != 0 or not prev.get("evals")
                 or without_run_dir(shlex.split(prev["command"])) != without_run_dir(cmd[1:])):
             continue
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
-            f.writelines(json.dumps(e) + "\n" for e in prev["evals"])
+        if restore:
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+                f.writelines(json.dumps(e) + "\n" for e in prev["evals"])
         done[(label, seed)] = {"rc": 0, "wall_s": prev.get("wall_s"), "reused": True}
     return done
 
@@ -180,8 +181,9 @@ def main(argv=None):
                    + ["--seed", str(seed), "--run-dir", run_dir])
             jobs.append((label, seed, run_dir, cmd))
     out = os.path.join(args.out, "results", f"{args.name}.json")
-    status = reuse_finished(out, jobs) if args.reuse and not args.plot_only else {}
-    if status:
+    # --plot-only keeps the exit codes and wall times the results file already holds for the same commands
+    status = reuse_finished(out, jobs, restore=not args.plot_only) if args.reuse or args.plot_only else {}
+    if status and not args.plot_only:
         print(f"reusing {len(status)} finished run(s) from {out}: " + ", ".join(f"{l} seed {s}" for l, s in status))
     if not args.plot_only:
         jobs_to_run = [j for j in jobs if (j[0], j[1]) not in status]

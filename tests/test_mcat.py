@@ -102,7 +102,9 @@ def test_translator_learns_negated_actions():
             buf.add_episode(k, obs, act, np.zeros(50), nxt, np.zeros(50), np.zeros(50))
             model.obs_norm.update(obs), model.act_norm.update(act), model.delta_norm.update(nxt - obs)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(200):
+    for i in range(400):  # H can only be as exact as F: fit F closely (lr 2e-3, then 5e-4 for the second half);
+        if i == 200:      # with 200 steps at 2e-3 alone, H's error was 0.07-0.17 depending on seed and CPU
+            opt.param_groups[0]["lr"] = 5e-4
         fwd, cont = mcat.model_update(model, opt, buf, rng, args, "cpu")
     assert fwd < -1.0  # the Gaussian NLL of an exact relation falls well below 0
     z = mcat.task_features(model, buf, rng, args, "cpu")

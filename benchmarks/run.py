@@ -10,7 +10,9 @@ Example (two variants, three seeds, two workers):
     python benchmarks/run.py pearl.py --env sparse-point-robot --name spr-fp32-vs-bf16 \\
         --common "--num-iterations 40 --net-size 64" --variant fp32= --variant bf16=--bf16 --seeds 1 2 3
 
-`--plot-only` rebuilds the JSON and PNG from the run directories of an earlier invocation (same arguments).
+The results file is rewritten each time a run ends, holding the runs ended so far, so an interrupted comparison
+keeps its finished runs and `--reuse` goes on from them. `--plot-only` rebuilds the JSON and PNG from the run
+directories of an earlier invocation (same arguments).
 The scripts' shared conventions make this work for all of them: `--env`, `--seed`, `--run-dir`, and one JSON
 line per evaluation in run_dir/eval.jsonl with "iteration", "env_steps", "eval/return" (+ "eval/success_rate").
 """
@@ -24,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,8 +53,13 @@ def parse_args(argv=None):
                    help="skip every run that results/<name>.json already holds as finished (exit 0) with the same\n"
                         "command, writing its eval.jsonl back from that file; run only the rest. A long comparison\n"
                         "can so be finished in parts (commit the JSON after each) on different machines")
+    p.add_argument("--reuse-from", action="append", default=[], metavar="NAME",
+                   help="also reuse finished runs that results/NAME.json holds under the same variant label and\n"
+                        "command (repeatable; implies --reuse). E.g. an ablation whose baseline variant is a run\n"
+                        "another comparison already made, flag for flag and seed for seed")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder holding results/ and runs/")
     args = p.parse_args(argv)
+    args.reuse = args.reuse or bool(args.reuse_from)
     if args.workers <= 0 or not args.seeds:
         p.error("--workers must be positive and --seeds non-empty")
     variants = []
@@ -89,18 +97,23 @@ def without_run_dir(command: list[str]) -> list[str]:
     return command[:i] + command[i + 2:]
 
 
-def reuse_finished(results_path: str, jobs: list, restore: bool = True) -> dict:
-    """Runs of `jobs` that an earlier results file holds as finished with the same command: their status (rc 0,
-    wall time, "reused") by (label, seed), and with `restore` their eval.jsonl written back into the run dir."""
-    if not os.path.isfile(results_path):
-        return {}
-    with open(results_path) as f:
-        old = json.load(f)
+def reuse_finished(results_paths: list[str], jobs: list, restore: bool = True) -> dict:
+    """Runs of `jobs` that earlier results files hold as finished with the same label and command: their status
+    (rc 0, wall time, "reused") by (label, seed), and with `restore` their eval.jsonl written back into the run
+    dir. The first file holding a run wins."""
+    olds = []
+    for path in results_paths:
+        if os.path.isfile(path):
+            with open(path) as f:
+                olds.append(json.load(f))
     done = {}
     for label, seed, run_dir, cmd in jobs:
-        prev = old.get("variants", {}).get(label, {}).get("seeds", {}).get(str(seed))
-        if (not prev or prev.get("rc") != 0 or not prev.get("evals")
-                or without_run_dir(shlex.split(prev["command"])) != without_run_dir(cmd[1:])):
+        for old in olds:
+            prev = old.get("variants", {}).get(label, {}).get("seeds", {}).get(str(seed))
+            if (prev and prev.get("rc") == 0 and prev.get("evals")
+                    and without_run_dir(shlex.split(prev["command"])) == without_run_dir(cmd[1:])):
+                break
+        else:
             continue
         if restore:
             os.makedirs(run_dir, exist_ok=True)
@@ -170,6 +183,40 @@ def plot(path: str, title: str, results: dict, metrics: list[str]) -> None:
     plt.close(fig)
 
 
+def write_results(args, jobs: list, status: dict, out: str, final: bool) -> None:
+    """Write results/<name>.json and .png. Before the end (`final` False) only the runs that have ended so far
+    (those in `status`), so that `--reuse` can go on from them after an interruption; at the end every run."""
+    results = {}
+    for label, flags in args.variants:
+        per_seed = {}
+        for lab, seed, run_dir, cmd in jobs:
+            if lab == label and (final or (lab, seed) in status):
+                per_seed[str(seed)] = {"command": " ".join(shlex.quote(c) for c in cmd[1:]),
+                                       **status.get((lab, seed), {}), "evals": read_evals(run_dir)}
+        if not per_seed:
+            continue
+        runs = [s["evals"] for s in per_seed.values()]
+        times = {k: float(np.mean([e[k] for r in runs for e in r if k in e])) for k in
+                 ("time/collect", "time/update", "time/relabel", "time/eval") if any(k in e for r in runs for e in r)}
+        metrics = args.metrics + [m + "_prior" for m in args.metrics]  # e.g. eval/return_prior where logged
+        results[label] = {"flags": flags, "curves": {m: c for m in metrics if (c := curve(runs, m)) is not None},
+                          "mean_seconds_per_iteration": times, "seeds": per_seed}
+    os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump({"name": args.name, "script": args.script, "env": args.env, "common": args.common,
+                   "seeds": args.seeds, "variants": results}, f, indent=1)
+    os.replace(out + ".tmp", out)  # never a half-written results file
+    png = os.path.join(args.out, "results", f"{args.name}.png")
+    plot(png, f"{args.script} --env {args.env} {args.common}", results, args.metrics)
+    if not final:
+        return
+    print(f"wrote {out} and {png}")
+    for label, v in results.items():
+        summary = ", ".join(f"{m} {c['final_mean']:.3f} +- {c['final_std']:.3f} (n={c['n_seeds']})"
+                            for m, c in v["curves"].items() if c)
+        print(f"  {label}: final {summary or 'no evaluations'}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     runs_root = os.path.join(args.out, "runs", args.name)
@@ -182,9 +229,14 @@ def main(argv=None):
             jobs.append((label, seed, run_dir, cmd))
     out = os.path.join(args.out, "results", f"{args.name}.json")
     # --plot-only keeps the exit codes and wall times the results file already holds for the same commands
-    status = reuse_finished(out, jobs, restore=not args.plot_only) if args.reuse or args.plot_only else {}
+    sources = [out] + [os.path.join(args.out, "results", f"{n}.json") for n in args.reuse_from]
+    for path in sources[1:]:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: --reuse-from: no results file {path}")
+    status = reuse_finished(sources, jobs, restore=not args.plot_only) if args.reuse or args.plot_only else {}
     if status and not args.plot_only:
-        print(f"reusing {len(status)} finished run(s) from {out}: " + ", ".join(f"{l} seed {s}" for l, s in status))
+        print(f"reusing {len(status)} finished run(s) from {', '.join(sources)}: "
+              + ", ".join(f"{l} seed {s}" for l, s in status))
     if not args.plot_only:
         jobs_to_run = [j for j in jobs if (j[0], j[1]) not in status]
         for _, _, run_dir, _ in jobs_to_run:  # fresh eval.jsonl: the scripts append to it
@@ -193,41 +245,21 @@ def main(argv=None):
         print(f"{len(jobs_to_run)} runs, {args.workers} at a time; logs in {runs_root}/<variant>__seed<S>/stdout.log")
         t0 = time.time()
 
+        lock = threading.Lock()
+
         def work(job):
             label, seed, run_dir, cmd = job
             r = run_one(cmd, run_dir, args.timeout)
             print(f"  {label} seed {seed}: exit {r['rc']} after {r['wall_s']:.0f} s", flush=True)
-            return (label, seed), r
+            with lock:  # every finished run goes into the results file at once: an interruption keeps it
+                status[(label, seed)] = r
+                write_results(args, jobs, status, out, final=False)
 
         with ThreadPoolExecutor(args.workers) as pool:
-            status.update(pool.map(work, jobs_to_run))
+            list(pool.map(work, jobs_to_run))
         print(f"all runs finished in {time.time() - t0:.0f} s")
 
-    results = {}
-    for label, flags in args.variants:
-        per_seed = {}
-        for lab, seed, run_dir, cmd in jobs:
-            if lab == label:
-                evals = read_evals(run_dir)
-                per_seed[str(seed)] = {"command": " ".join(shlex.quote(c) for c in cmd[1:]), **status.get((lab, seed), {}),
-                                       "evals": evals}
-        runs = [s["evals"] for s in per_seed.values()]
-        times = {k: float(np.mean([e[k] for r in runs for e in r if k in e])) for k in
-                 ("time/collect", "time/update", "time/relabel", "time/eval") if any(k in e for r in runs for e in r)}
-        metrics = args.metrics + [m + "_prior" for m in args.metrics]  # e.g. eval/return_prior where logged
-        results[label] = {"flags": flags, "curves": {m: c for m in metrics if (c := curve(runs, m)) is not None},
-                          "mean_seconds_per_iteration": times, "seeds": per_seed}
-    os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"name": args.name, "script": args.script, "env": args.env, "common": args.common,
-                   "seeds": args.seeds, "variants": results}, f, indent=1)
-    png = os.path.join(args.out, "results", f"{args.name}.png")
-    plot(png, f"{args.script} --env {args.env} {args.common}", results, args.metrics)
-    print(f"wrote {out} and {png}")
-    for label, v in results.items():
-        summary = ", ".join(f"{m} {c['final_mean']:.3f} +- {c['final_std']:.3f} (n={c['n_seeds']})"
-                            for m, c in v["curves"].items() if c)
-        print(f"  {label}: final {summary or 'no evaluations'}")
+    write_results(args, jobs, status, out, final=True)
     failed = [k for k, r in status.items() if r["rc"] != 0]
     if failed:
         raise SystemExit(f"error: {len(failed)} run(s) failed: {failed}; see their stdout.log")

@@ -1,0 +1,95 @@
+"""benchmarks/run.py: a comparison finished in parts reuses exactly the runs it already has, and nothing else."""
+
+import importlib.util
+import json
+import os
+import shlex
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("bench_run", os.path.join(ROOT, "benchmarks", "run.py"))
+bench_run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_run)
+
+EVALS = [{"iteration": 0, "env_steps": 100, "eval/return": -3.0}, {"iteration": 5, "env_steps": 600, "eval/return": -1.0}]
+
+
+def write_results(path, label, seed, command, rc=0, evals=EVALS):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"variants": {label: {"seeds": {str(seed): {"command": command, "rc": rc, "wall_s": 12.0,
+                                                              "evals": evals}}}}}, f)
+
+
+def job(label, seed, flags, run_dir):
+    cmd = [sys.executable, "hfr.py", "--env", "four-corners"] + shlex.split(flags) + ["--seed", str(seed),
+                                                                                    "--run-dir", run_dir]
+    return (label, seed, run_dir, cmd)
+
+
+def test_reuse_matches_label_seed_and_command_from_any_file(tmp_path):
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    # a run made elsewhere: same flags, another run dir (the run dir is not part of the match)
+    write_results(b, "hfr", 1, "hfr.py --env four-corners --relabel hfr --seed 1 --run-dir /elsewhere/hfr__seed1")
+    jobs = [job("hfr", 1, "--relabel hfr", str(tmp_path / "r1")),        # held by b: reused
+            job("hfr", 2, "--relabel hfr", str(tmp_path / "r2")),        # other seed: not reused
+            job("hfr", 1, "--relabel hfr --bf16", str(tmp_path / "r3"))]  # other flags: not reused
+    done = bench_run.reuse_finished([a, b], jobs[:1])
+    assert done == {("hfr", 1): {"rc": 0, "wall_s": 12.0, "reused": True}}
+    assert bench_run.read_evals(str(tmp_path / "r1")) == EVALS  # eval.jsonl written back
+    assert bench_run.reuse_finished([a, b], jobs[1:]) == {}
+
+
+def test_failed_runs_and_other_labels_are_not_reused(tmp_path):
+    b = str(tmp_path / "b.json")
+    write_results(b, "hfr", 1, "hfr.py --env four-corners --relabel hfr --seed 1 --run-dir x", rc=1)
+    assert bench_run.reuse_finished([b], [job("hfr", 1, "--relabel hfr", str(tmp_path / "r"))]) == {}
+    write_results(b, "none", 1, "hfr.py --env four-corners --relabel hfr --seed 1 --run-dir x")
+    assert bench_run.reuse_finished([b], [job("hfr", 1, "--relabel hfr", str(tmp_path / "r"))]) == {}
+
+
+def test_reuse_from_builds_a_comparison_without_running(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path)
+    write_results(os.path.join(out, "results", "base.json"), "hfr", 1,
+                  "hfr.py --env four-corners --relabel hfr --seed 1 --run-dir /elsewhere")
+    bench_run.main(["hfr.py", "--env", "four-corners", "--name", "ablation", "--variant", "hfr=--relabel hfr",
+                    "--seeds", "1", "--reuse-from", "base", "--out", out])
+    assert "0 runs" in capsys.readouterr().out
+    with open(os.path.join(out, "results", "ablation.json")) as f:
+        res = json.load(f)
+    seed1 = res["variants"]["hfr"]["seeds"]["1"]
+    assert seed1["reused"] and seed1["rc"] == 0 and seed1["evals"] == EVALS
+    assert res["variants"]["hfr"]["curves"]["eval/return"]["mean"] == [-3.0, -1.0]
+
+
+def test_reuse_from_a_missing_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="no results file"):
+        bench_run.main(["hfr.py", "--env", "four-corners", "--name", "x", "--seeds", "1",
+                        "--reuse-from", "nothing", "--out", str(tmp_path)])
+
+
+def test_results_file_holds_every_ended_run_while_others_still_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path)
+    args = bench_run.parse_args(["hfr.py", "--env", "four-corners", "--name", "cmp", "--variant", "hfr=--relabel hfr",
+                                 "--variant", "none=--relabel none", "--seeds", "1", "--out", out])
+    jobs = [job("hfr", 1, "--relabel hfr", str(tmp_path / "hfr")), job("none", 1, "--relabel none", str(tmp_path / "none"))]
+    for _, _, run_dir, _ in jobs:
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in EVALS)
+    path = os.path.join(out, "results", "cmp.json")
+    bench_run.write_results(args, jobs, {("hfr", 1): {"rc": 0, "wall_s": 3.0}}, path, final=False)
+    with open(path) as f:
+        res = json.load(f)
+    assert list(res["variants"]) == ["hfr"]  # "none" is still running: not in the file yet
+    # and a later --reuse takes the ended run from it
+    assert bench_run.reuse_finished([path], jobs) == {("hfr", 1): {"rc": 0, "wall_s": 3.0, "reused": True}}
+    bench_run.write_results(args, jobs, {("hfr", 1): {"rc": 0, "wall_s": 3.0}, ("none", 1): {"rc": 1, "wall_s": 1.0}},
+                            path, final=True)
+    with open(path) as f:
+        res = json.load(f)
+    assert list(res["variants"]) == ["hfr", "none"] and res["variants"]["none"]["seeds"]["1"]["rc"] == 1

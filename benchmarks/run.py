@@ -215,6 +215,12 @@ def write_results(args, jobs: list, status: dict, out: str, final: bool) -> None
         summary = ", ".join(f"{m} {c['final_mean']:.3f} +- {c['final_std']:.3f} (n={c['n_seeds']})"
                             for m, c in v["curves"].items() if c)
         print(f"  {label}: final {summary or 'no evaluations'}")
+        for m in args.metrics:  # the average over all evaluations of a run: the docs' "averaged over the run"
+            per_run = [np.mean([e[m] for e in s["evals"]]) for s in v["seeds"].values()
+                       if s["evals"] and all(m in e for e in s["evals"])]
+            if per_run:
+                print(f"    {m} averaged over the run {np.mean(per_run):.3f} (per seed "
+                      + ", ".join(f"{x:.2f}" for x in per_run) + ")")
 
 
 def main(argv=None):

@@ -93,3 +93,13 @@ def test_results_file_holds_every_ended_run_while_others_still_run(tmp_path):
     with open(path) as f:
         res = json.load(f)
     assert list(res["variants"]) == ["hfr", "none"] and res["variants"]["none"]["seeds"]["1"]["rc"] == 1
+
+
+def test_final_summary_prints_each_metric_averaged_over_the_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path)
+    write_results(os.path.join(out, "results", "base.json"), "hfr", 1,
+                  "hfr.py --env four-corners --relabel hfr --seed 1 --run-dir /elsewhere")
+    bench_run.main(["hfr.py", "--env", "four-corners", "--name", "ablation", "--variant", "hfr=--relabel hfr",
+                    "--seeds", "1", "--reuse-from", "base", "--out", out])
+    assert "eval/return averaged over the run -2.000 (per seed -2.00)" in capsys.readouterr().out

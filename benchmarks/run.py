@@ -11,7 +11,8 @@ Example (two variants, three seeds, two workers):
         --common "--num-iterations 40 --net-size 64" --variant fp32= --variant bf16=--bf16 --seeds 1 2 3
 
 The results file is rewritten each time a run ends, holding the runs ended so far, so an interrupted comparison
-keeps its finished runs and `--reuse` goes on from them. `--plot-only` rebuilds the JSON and PNG from the run
+keeps its finished runs and `--reuse` goes on from them; with `--resume-unfinished` as well, a run that was cut off
+continues from the checkpoint.pt in its run directory instead of starting over (runs longer than one sitting). `--plot-only` rebuilds the JSON and PNG from the run
 directories of an earlier invocation (same arguments).
 The scripts' shared conventions make this work for all of them: `--env`, `--seed`, `--run-dir`, and one JSON
 line per evaluation in run_dir/eval.jsonl with "iteration", "env_steps", "eval/return" (+ "eval/success_rate").
@@ -57,6 +58,10 @@ def parse_args(argv=None):
                    help="also reuse finished runs that results/NAME.json holds under the same variant label and\n"
                         "command (repeatable; implies --reuse). E.g. an ablation whose baseline variant is a run\n"
                         "another comparison already made, flag for flag and seed for seed")
+    p.add_argument("--resume-unfinished", action="store_true",
+                   help="a run to be made whose run dir already holds a checkpoint.pt from the same command (an\n"
+                        "earlier invocation was cut off) continues from it with the script's --resume, keeping its\n"
+                        "eval.jsonl and stdout.log; without this flag such a run starts over")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder holding results/ and runs/")
     args = p.parse_args(argv)
     args.reuse = args.reuse or bool(args.reuse_from)
@@ -76,19 +81,41 @@ def parse_args(argv=None):
     return args
 
 
-def run_one(cmd: list[str], run_dir: str, timeout: float | None) -> dict:
-    """Run one benchmark process with one thread; its stdout and stderr go to run_dir/stdout.log."""
+def run_one(cmd: list[str], run_dir: str, timeout: float | None, resume: bool = False) -> dict:
+    """Run one benchmark process with one thread; its stdout and stderr go to run_dir/stdout.log.
+    With `resume` and a checkpoint.pt in run_dir, the run continues from it (`--resume`): stdout.log is appended
+    to, and the wall time is the sum over the run's segments (kept in run_dir/wall_s.txt, one line per segment)."""
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    ckpt, seg_file = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "wall_s.txt")
+    if not resume and os.path.exists(seg_file):
+        os.remove(seg_file)
+    cmd = cmd + ["--resume", ckpt] if resume else cmd
     t0 = time.time()
-    with open(os.path.join(run_dir, "stdout.log"), "w") as log:
+    with open(os.path.join(run_dir, "stdout.log"), "a" if resume else "w") as log:
         log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
         log.flush()
         try:
             rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    return {"rc": rc, "wall_s": round(time.time() - t0, 1)}
+    with open(seg_file, "a") as f:
+        f.write(f"{time.time() - t0:.1f}\n")
+    with open(seg_file) as f:
+        segments = [float(line) for line in f if line.strip()]
+    r = {"rc": rc, "wall_s": round(sum(segments), 1)}
+    return {**r, "segments": len(segments)} if len(segments) > 1 else r
+
+
+def can_continue(run_dir: str, cmd: list[str]) -> bool:
+    """A cut-off run can continue when its run dir holds a checkpoint.pt written by this very command (the first
+    line of its stdout.log); a checkpoint left by other flags is never continued from."""
+    try:
+        with open(os.path.join(run_dir, "stdout.log")) as f:
+            first = f.readline()
+    except OSError:
+        return False
+    return os.path.isfile(os.path.join(run_dir, "checkpoint.pt")) and shlex.split(first) == cmd
 
 
 def without_run_dir(command: list[str]) -> list[str]:
@@ -124,11 +151,15 @@ def reuse_finished(results_paths: list[str], jobs: list, restore: bool = True) -
 
 
 def read_evals(run_dir: str) -> list[dict]:
+    """The run's eval.jsonl rows. A run continued from a checkpoint repeats the iterations after that checkpoint,
+    so where an iteration appears twice the later row (the one the finished run went on from) is kept."""
     path = os.path.join(run_dir, "eval.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    last = {r.get("iteration", i): i for i, r in enumerate(rows)}  # rows without an iteration are all kept
+    return [r for i, r in enumerate(rows) if last[r.get("iteration", i)] == i]
 
 
 def curve(runs: list[list[dict]], metric: str) -> dict | None:
@@ -245,9 +276,13 @@ def main(argv=None):
               + ", ".join(f"{l} seed {s}" for l, s in status))
     if not args.plot_only:
         jobs_to_run = [j for j in jobs if (j[0], j[1]) not in status]
-        for _, _, run_dir, _ in jobs_to_run:  # fresh eval.jsonl: the scripts append to it
-            if os.path.exists(os.path.join(run_dir, "eval.jsonl")):
+        resuming = [j for j in jobs_to_run if args.resume_unfinished and can_continue(j[2], j[3])]
+        for _, _, run_dir, _ in jobs_to_run:  # fresh eval.jsonl (the scripts append to it) unless the run continues
+            if os.path.exists(os.path.join(run_dir, "eval.jsonl")) and not any(run_dir == j[2] for j in resuming):
                 os.remove(os.path.join(run_dir, "eval.jsonl"))
+        if resuming:
+            print(f"continuing {len(resuming)} cut-off run(s) from their checkpoint: "
+                  + ", ".join(f"{l} seed {s}" for l, s, _, _ in resuming))
         print(f"{len(jobs_to_run)} runs, {args.workers} at a time; logs in {runs_root}/<variant>__seed<S>/stdout.log")
         t0 = time.time()
 
@@ -255,7 +290,7 @@ def main(argv=None):
 
         def work(job):
             label, seed, run_dir, cmd = job
-            r = run_one(cmd, run_dir, args.timeout)
+            r = run_one(cmd, run_dir, args.timeout, resume=job in resuming)
             print(f"  {label} seed {seed}: exit {r['rc']} after {r['wall_s']:.0f} s", flush=True)
             with lock:  # every finished run goes into the results file at once: an interruption keeps it
                 status[(label, seed)] = r

@@ -103,3 +103,62 @@ def test_final_summary_prints_each_metric_averaged_over_the_run(tmp_path, capsys
     bench_run.main(["hfr.py", "--env", "four-corners", "--name", "ablation", "--variant", "hfr=--relabel hfr",
                     "--seeds", "1", "--reuse-from", "base", "--out", out])
     assert "eval/return averaged over the run -2.000 (per seed -2.00)" in capsys.readouterr().out
+
+
+# A stand-in for a training script with the scripts' conventions: one eval.jsonl row per iteration, then
+# checkpoint.pt; --resume continues after the checkpoint's iteration. With CRASH_AT=k in the environment and no
+# --resume it dies after writing row k but before checkpointing it (the worst moment for an interruption).
+FAKE_SCRIPT = '''
+import argparse, json, os, sys
+p = argparse.ArgumentParser()
+p.add_argument("--env"); p.add_argument("--seed", type=int); p.add_argument("--run-dir"); p.add_argument("--resume")
+a = p.parse_args()
+start = json.load(open(a.resume))["iteration"] if a.resume else 0
+for it in range(start + 1, 5):
+    with open(os.path.join(a.run_dir, "eval.jsonl"), "a") as f:
+        f.write(json.dumps({"iteration": it, "env_steps": 10 * it, "eval/return": float(it),
+                            "resumed": a.resume is not None}) + "\\n")
+    if not a.resume and os.environ.get("CRASH_AT") == str(it):
+        sys.exit(3)
+    with open(os.path.join(a.run_dir, "checkpoint.pt"), "w") as f:
+        json.dump({"iteration": it}, f)
+'''
+
+
+def test_resume_unfinished_continues_a_cut_off_run_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "fake.py").write_text(FAKE_SCRIPT)
+    monkeypatch.setattr(bench_run, "ROOT", str(tmp_path))
+    out = str(tmp_path / "bench")
+    argv = ["fake.py", "--env", "e", "--name", "cut", "--seeds", "1", "--out", out]
+    monkeypatch.setenv("CRASH_AT", "3")
+    with pytest.raises(SystemExit, match="1 run"):  # the first sitting ends with the run cut off after row 3
+        bench_run.main(argv)
+    run_dir = os.path.join(out, "runs", "cut", "default__seed1")
+    with open(os.path.join(run_dir, "checkpoint.pt")) as f:
+        assert json.load(f) == {"iteration": 2}
+    monkeypatch.delenv("CRASH_AT")
+    bench_run.main(argv + ["--reuse", "--resume-unfinished"])
+    assert "continuing 1 cut-off run(s)" in capsys.readouterr().out
+    with open(os.path.join(out, "results", "cut.json")) as f:
+        seed1 = json.load(f)["variants"]["default"]["seeds"]["1"]
+    # iterations 1-2 from the first sitting, 3 (written twice) and 4 from the continued one; no row lost or doubled
+    assert [(e["iteration"], e["resumed"]) for e in seed1["evals"]] == [(1, False), (2, False), (3, True), (4, True)]
+    assert seed1["rc"] == 0 and seed1["segments"] == 2 and "--resume" not in seed1["command"]
+    with open(os.path.join(run_dir, "stdout.log")) as f:
+        assert len(f.readlines()) == 2  # both sittings' command lines are kept
+
+
+def test_resume_unfinished_never_continues_a_checkpoint_of_other_flags(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "fake.py").write_text(FAKE_SCRIPT)
+    monkeypatch.setattr(bench_run, "ROOT", str(tmp_path))
+    out = str(tmp_path / "bench")
+    run_dir = os.path.join(out, "runs", "cut", "default__seed1")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "stdout.log"), "w") as f:
+        f.write(f"{sys.executable} fake.py --env other --seed 1 --run-dir {run_dir}\n")  # another env's run
+    with open(os.path.join(run_dir, "checkpoint.pt"), "w") as f:
+        json.dump({"iteration": 3}, f)
+    bench_run.main(["fake.py", "--env", "e", "--name", "cut", "--seeds", "1", "--out", out, "--resume-unfinished"])
+    assert [e["resumed"] for e in bench_run.read_evals(run_dir)] == [False] * 4  # started over

@@ -127,7 +127,8 @@ def without_run_dir(command: list[str]) -> list[str]:
 def reuse_finished(results_paths: list[str], jobs: list, restore: bool = True) -> dict:
     """Runs of `jobs` that earlier results files hold as finished with the same label and command: their status
     (rc 0, wall time, "reused") by (label, seed), and with `restore` their eval.jsonl written back into the run
-    dir. The first file holding a run wins."""
+    dir. Without `restore` (--plot-only, which only rebuilds the files) a run is marked "reused" only if it already
+    was. The first file holding a run wins."""
     olds = []
     for path in results_paths:
         if os.path.isfile(path):
@@ -146,7 +147,10 @@ def reuse_finished(results_paths: list[str], jobs: list, restore: bool = True) -
             os.makedirs(run_dir, exist_ok=True)
             with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
                 f.writelines(json.dumps(e) + "\n" for e in prev["evals"])
-        done[(label, seed)] = {"rc": 0, "wall_s": prev.get("wall_s"), "reused": True}
+        kept = {k: prev[k] for k in ("segments",) if k in prev}
+        # reused in this invocation; with `restore` off (--plot-only) the run keeps the mark it had, if any
+        reused = {"reused": True} if restore or prev.get("reused") else {}
+        done[(label, seed)] = {"rc": 0, "wall_s": prev.get("wall_s"), **kept, **reused}
     return done
 
 

@@ -162,3 +162,20 @@ def test_resume_unfinished_never_continues_a_checkpoint_of_other_flags(tmp_path,
         json.dump({"iteration": 3}, f)
     bench_run.main(["fake.py", "--env", "e", "--name", "cut", "--seeds", "1", "--out", out, "--resume-unfinished"])
     assert [e["resumed"] for e in bench_run.read_evals(run_dir)] == [False] * 4  # started over
+
+
+def test_plot_only_keeps_each_runs_status_as_the_results_file_has_it(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path)
+    path = os.path.join(out, "results", "cmp.json")
+    run_dir = os.path.join(out, "runs", "cmp", "hfr__seed1")
+    cmd = f"hfr.py --env four-corners --relabel hfr --seed 1 --run-dir {run_dir}"
+    write_results(path, "hfr", 1, cmd)  # a run made by that comparison itself, not reused: no "reused" mark
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in EVALS)
+    bench_run.main(["hfr.py", "--env", "four-corners", "--name", "cmp", "--variant", "hfr=--relabel hfr",
+                    "--seeds", "1", "--plot-only", "--out", out])
+    with open(path) as f:
+        seed1 = json.load(f)["variants"]["hfr"]["seeds"]["1"]
+    assert seed1["rc"] == 0 and seed1["wall_s"] == 12.0 and "reused" not in seed1 and seed1["evals"] == EVALS

@@ -12,8 +12,8 @@ Example (two variants, three seeds, two workers):
 
 The results file is rewritten each time a run ends, holding the runs ended so far, so an interrupted comparison
 keeps its finished runs and `--reuse` goes on from them; with `--resume-unfinished` as well, a run that was cut off
-continues from the checkpoint.pt in its run directory instead of starting over (runs longer than one sitting). `--plot-only` rebuilds the JSON and PNG from the run
-directories of an earlier invocation (same arguments).
+continues from the checkpoint.pt in its run directory instead of starting over (runs longer than one sitting).
+`--plot-only` rebuilds the JSON and PNG from the run directories of an earlier invocation (same arguments).
 The scripts' shared conventions make this work for all of them: `--env`, `--seed`, `--run-dir`, and one JSON
 line per evaluation in run_dir/eval.jsonl with "iteration", "env_steps", "eval/return" (+ "eval/success_rate").
 """
@@ -147,10 +147,10 @@ def reuse_finished(results_paths: list[str], jobs: list, restore: bool = True) -
             os.makedirs(run_dir, exist_ok=True)
             with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
                 f.writelines(json.dumps(e) + "\n" for e in prev["evals"])
-        kept = {k: prev[k] for k in ("segments",) if k in prev}
-        # reused in this invocation; with `restore` off (--plot-only) the run keeps the mark it had, if any
-        reused = {"reused": True} if restore or prev.get("reused") else {}
-        done[(label, seed)] = {"rc": 0, "wall_s": prev.get("wall_s"), **kept, **reused}
+        done[(label, seed)] = {"rc": 0, "wall_s": prev.get("wall_s"),
+                               **({"segments": prev["segments"]} if "segments" in prev else {}),
+                               # with `restore` off (--plot-only) a run keeps the mark it had, if any
+                               **({"reused": True} if restore or prev.get("reused") else {})}
     return done
 
 
@@ -162,8 +162,9 @@ def read_evals(run_dir: str) -> list[dict]:
         return []
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    last = {r.get("iteration", i): i for i, r in enumerate(rows)}  # rows without an iteration are all kept
-    return [r for i, r in enumerate(rows) if last[r.get("iteration", i)] == i]
+    key = [("iteration", r["iteration"]) if "iteration" in r else ("row", i) for i, r in enumerate(rows)]
+    last = {k: i for i, k in enumerate(key)}  # rows without an iteration are all kept
+    return [r for i, r in enumerate(rows) if last[key[i]] == i]
 
 
 def curve(runs: list[list[dict]], metric: str) -> dict | None:

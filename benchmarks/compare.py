@@ -24,6 +24,8 @@ def main():
     p.add_argument("--metric", default="eval/return", help="eval.jsonl key to draw (default eval/return)")
     p.add_argument("--out", required=True, help="results/<out>.png and .json")
     args = p.parse_args()
+    if len({os.path.realpath(r) for r in args.results}) < len(args.results):
+        raise SystemExit("error: a results file is given twice")
     curves = {}
     for path in args.results:
         if not os.path.isfile(path):
@@ -34,7 +36,12 @@ def main():
             c = v["curves"].get(args.metric)
             if c is None:
                 raise SystemExit(f"error: {path} variant '{label}' has no curve for {args.metric}")
-            curves[f"{res['script']} {label}" if len(res["variants"]) > 1 else res["script"]] = {**c, "source": path}
+            key = f"{res['script']} {label}" if len(res["variants"]) > 1 else res["script"]
+            if key in curves:  # e.g. two single-variant comparisons of one script: tell them apart by name
+                key = f"{res['name']} {label}"
+            if key in curves:
+                raise SystemExit(f"error: two curves named '{key}' ({curves[key]['source']} and {path})")
+            curves[key] = {**c, "source": path}
     out_dir = os.path.join(ROOT, "benchmarks", "results")
     with open(os.path.join(out_dir, f"{args.out}.json"), "w") as f:
         json.dump({"command": " ".join(sys.argv), "metric": args.metric, "curves": curves}, f)

@@ -84,27 +84,43 @@ def parse_args(argv=None):
 def run_one(cmd: list[str], run_dir: str, timeout: float | None, resume: bool = False) -> dict:
     """Run one benchmark process with one thread; its stdout and stderr go to run_dir/stdout.log.
     With `resume` and a checkpoint.pt in run_dir, the run continues from it (`--resume`): stdout.log is appended
-    to, and the wall time is the sum over the run's segments (kept in run_dir/wall_s.txt, one line per segment)."""
+    to, and the wall time is the sum over the run's segments (kept in run_dir/wall_s.txt, one line per segment).
+    A segment is written there as `open <start time>` while it runs, so that one whose runner was killed (not only
+    one whose script died) still counts: it lasted until the last write to stdout.log."""
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     ckpt, seg_file = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "wall_s.txt")
-    if not resume and os.path.exists(seg_file):
-        os.remove(seg_file)
+    log_path = os.path.join(run_dir, "stdout.log")
+    segments = read_segments(seg_file, log_path) if resume else []
     cmd = cmd + ["--resume", ckpt] if resume else cmd
     t0 = time.time()
-    with open(os.path.join(run_dir, "stdout.log"), "a" if resume else "w") as log:
+    write_segments(seg_file, segments + [f"open {t0:.1f}"])
+    with open(log_path, "a" if resume else "w") as log:
         log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
         log.flush()
         try:
             rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    with open(seg_file, "a") as f:
-        f.write(f"{time.time() - t0:.1f}\n")
-    with open(seg_file) as f:
-        segments = [float(line) for line in f if line.strip()]
+    segments.append(round(time.time() - t0, 1))
+    write_segments(seg_file, segments)
     r = {"rc": rc, "wall_s": round(sum(segments), 1)}
     return {**r, "segments": len(segments)} if len(segments) > 1 else r
+
+
+def read_segments(seg_file: str, log_path: str) -> list[float]:
+    """The durations in run_dir/wall_s.txt; a segment left `open` by a killed runner ends at its log's last write."""
+    if not os.path.exists(seg_file):
+        return []
+    with open(seg_file) as f:
+        lines = [line.split() for line in f if line.strip()]
+    return [round(os.path.getmtime(log_path) - float(w[1]), 1) if w[0] == "open" else float(w[0]) for w in lines]
+
+
+def write_segments(seg_file: str, segments: list) -> None:
+    with open(seg_file + ".tmp", "w") as f:
+        f.writelines(f"{x}\n" for x in segments)
+    os.replace(seg_file + ".tmp", seg_file)
 
 
 def can_continue(run_dir: str, cmd: list[str]) -> bool:

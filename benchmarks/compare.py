@@ -26,20 +26,24 @@ def main():
     args = p.parse_args()
     if len({os.path.realpath(r) for r in args.results}) < len(args.results):
         raise SystemExit("error: a results file is given twice")
-    curves = {}
+    files = []
     for path in args.results:
         if not os.path.isfile(path):
             raise SystemExit(f"error: no results file {path}")
         with open(path) as f:
-            res = json.load(f)
+            files.append((path, json.load(f)))
+    scripts = [res["script"] for _, res in files]
+    curves = {}
+    for path, res in files:
         for label, v in res["variants"].items():
             c = v["curves"].get(args.metric)
             if c is None:
                 raise SystemExit(f"error: {path} variant '{label}' has no curve for {args.metric}")
-            key = f"{res['script']} {label}" if len(res["variants"]) > 1 else res["script"]
-            if key in curves:  # e.g. two single-variant comparisons of one script: tell them apart by name
+            if scripts.count(res["script"]) > 1:  # several comparisons of one script: name curves by comparison
                 key = f"{res['name']} {label}"
-            if key in curves:
+            else:
+                key = f"{res['script']} {label}" if len(res["variants"]) > 1 else res["script"]
+            if key in curves:  # e.g. copies of one comparison from two machines
                 raise SystemExit(f"error: two curves named '{key}' ({curves[key]['source']} and {path})")
             curves[key] = {**c, "source": path}
     out_dir = os.path.join(ROOT, "benchmarks", "results")

@@ -31,16 +31,21 @@ def run_compare(monkeypatch, tmp_path, *paths):
         return json.load(f)["curves"]
 
 
-def test_labels_and_two_single_variant_files_of_one_script(tmp_path, monkeypatch):
+def test_curves_are_named_by_script_or_by_comparison_when_a_script_comes_twice(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    dense = results_file(tmp_path / "dense.json", "mcat-dense", "mcat.py", {"mcat": 1.0})
-    sil = results_file(tmp_path / "sil.json", "mcat-sil", "mcat.py", {"sil": 2.0})
-    ab = results_file(tmp_path / "ab.json", "mcat-ab", "mcat.py", {"mcat": 3.0, "no_pt": 4.0})
-    curves = run_compare(monkeypatch, tmp_path, ab, dense, sil)
-    # a multi-variant file names its curves by variant; a single-variant file by script, then by name on a clash
+    ab = results_file(tmp_path / "ab.json", "mcat-ab", "mcat.py", {"mcat": 1.0, "no_pt": 2.0})
+    pearl = results_file(tmp_path / "pearl.json", "pearl-x", "pearl.py", {"default": 3.0})
+    curves = run_compare(monkeypatch, tmp_path, ab, pearl)
+    assert {k: c["final_mean"] for k, c in curves.items()} == {"mcat.py mcat": 2.0, "mcat.py no_pt": 3.0,
+                                                                "pearl.py": 4.0}
+    # two single-variant comparisons of one script would both be "mcat.py": every curve of that script is
+    # then named by its comparison, and none overwrites another
+    dense = results_file(tmp_path / "dense.json", "mcat-dense", "mcat.py", {"mcat": 5.0})
+    sil = results_file(tmp_path / "sil.json", "mcat-sil", "mcat.py", {"sil": 6.0})
+    curves = run_compare(monkeypatch, tmp_path, ab, dense, sil, pearl)
     assert {k: c["final_mean"] for k, c in curves.items()} == {
-        "mcat.py mcat": 4.0, "mcat.py no_pt": 5.0, "mcat.py": 2.0, "mcat-sil sil": 3.0}
-    assert curves["mcat.py"]["source"] == dense and curves["mcat-sil sil"]["source"] == sil
+        "mcat-ab mcat": 2.0, "mcat-ab no_pt": 3.0, "mcat-dense mcat": 6.0, "mcat-sil sil": 7.0, "pearl.py": 4.0}
+    assert curves["mcat-dense mcat"]["source"] == dense and curves["mcat-sil sil"]["source"] == sil
 
 
 def test_the_same_file_twice_is_an_error(tmp_path, monkeypatch):

@@ -142,27 +142,33 @@ def test_resume_unfinished_continues_a_cut_off_run_from_its_checkpoint(tmp_path,
         assert len(f.readlines()) == 2  # both sittings' command lines are kept
 
 
-def test_a_segment_whose_runner_was_killed_still_counts_in_the_wall_time(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
+def left_run_dir(tmp_path, monkeypatch, env, iteration):
+    """A run directory as a cut-off sitting of `fake.py --env <env>` leaves it: its command line and a checkpoint."""
     (tmp_path / "fake.py").write_text(FAKE_SCRIPT)
     monkeypatch.setattr(bench_run, "ROOT", str(tmp_path))
     out = str(tmp_path / "bench")
     run_dir = os.path.join(out, "runs", "cut", "default__seed1")
     os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "stdout.log"), "w") as f:
+        f.write(f"{sys.executable} fake.py --env {env} --seed 1 --run-dir {run_dir}\n")
+    with open(os.path.join(run_dir, "checkpoint.pt"), "w") as f:
+        json.dump({"iteration": iteration}, f)
+    return out, run_dir
+
+
+def test_a_segment_whose_runner_was_killed_still_counts_in_the_wall_time(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    out, run_dir = left_run_dir(tmp_path, monkeypatch, "e", 2)
     # what a runner killed with its run leaves behind: the segment still `open`, started 100 s before the
     # run's last log line
-    log = os.path.join(run_dir, "stdout.log")
-    with open(log, "w") as f:
-        f.write(f"{sys.executable} fake.py --env e --seed 1 --run-dir {run_dir}\n")
-    os.utime(log, (1100.0, 1100.0))
+    os.utime(os.path.join(run_dir, "stdout.log"), (1100.0, 1100.0))
     with open(os.path.join(run_dir, "wall_s.txt"), "w") as f:
         f.write("open 1000.0\n")
-    with open(os.path.join(run_dir, "checkpoint.pt"), "w") as f:
-        json.dump({"iteration": 2}, f)
     bench_run.main(["fake.py", "--env", "e", "--name", "cut", "--seeds", "1", "--out", out, "--resume-unfinished"])
     with open(os.path.join(out, "results", "cut.json")) as f:
         seed1 = json.load(f)["variants"]["default"]["seeds"]["1"]
     assert seed1["segments"] == 2 and 100.0 <= seed1["wall_s"] < 130.0
+    assert [(e["iteration"], e["resumed"]) for e in seed1["evals"]] == [(3, True), (4, True)]  # continued
     with open(os.path.join(run_dir, "wall_s.txt")) as f:
         first, second = f.read().split()
     assert float(first) == 100.0 and 0.0 <= float(second) < 30.0
@@ -170,15 +176,7 @@ def test_a_segment_whose_runner_was_killed_still_counts_in_the_wall_time(tmp_pat
 
 def test_resume_unfinished_never_continues_a_checkpoint_of_other_flags(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    (tmp_path / "fake.py").write_text(FAKE_SCRIPT)
-    monkeypatch.setattr(bench_run, "ROOT", str(tmp_path))
-    out = str(tmp_path / "bench")
-    run_dir = os.path.join(out, "runs", "cut", "default__seed1")
-    os.makedirs(run_dir)
-    with open(os.path.join(run_dir, "stdout.log"), "w") as f:
-        f.write(f"{sys.executable} fake.py --env other --seed 1 --run-dir {run_dir}\n")  # another env's run
-    with open(os.path.join(run_dir, "checkpoint.pt"), "w") as f:
-        json.dump({"iteration": 3}, f)
+    out, run_dir = left_run_dir(tmp_path, monkeypatch, "other", 3)  # another env's run
     bench_run.main(["fake.py", "--env", "e", "--name", "cut", "--seeds", "1", "--out", out, "--resume-unfinished"])
     assert [e["resumed"] for e in bench_run.read_evals(run_dir)] == [False] * 4  # started over
 

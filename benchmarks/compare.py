@@ -2,8 +2,8 @@
 
 Reads `results/<name>.json` files written by `run.py`, draws every variant's mean ± std over seeds of one metric
 against env steps in one plot, and prints each curve's first and final value. A curve is named by its script (and
-variant); when one script comes from several files, by the comparison's name and variant instead. Writes `results/<out>.png` and
-`results/<out>.json` (the curves it drew, with the source file of each).
+variant); when one script comes from several files, by the comparison's name and variant instead. Writes
+`results/<out>.png` and `results/<out>.json` (the curves it drew, with the source file of each).
 
     python benchmarks/compare.py benchmarks/results/mier-wr-cheetah-vel.json \
         benchmarks/results/pearl-cheetah-vel-vs-mier.json --out mier-wr-vs-pearl-cheetah-vel

@@ -14,14 +14,20 @@ with gymnasium as `metarl/<name>` so `gymnasium.make("metarl/point-robot")` work
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib
 import os
 
 # Headless rendering: without a display MuJoCo needs a software OpenGL (OSMesa; Debian package libosmesa6).
-# Set MUJOCO_GL yourself (e.g. "egl" on a GPU machine) to choose another backend.
+# Set MUJOCO_GL yourself (e.g. "egl" on a GPU machine) to choose another backend. Only rendering needs OpenGL:
+# asking for OSMesa when it is not installed would break every MuJoCo env at construction (PyOpenGL fails on
+# import), so it is chosen only when its library is found, and `make` says what to install when asked to render.
 if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("OSMesa"):
+        os.environ["MUJOCO_GL"] = "osmesa"
+    if "MUJOCO_GL" in os.environ:
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+NO_OPENGL = not os.environ.get("DISPLAY") and "MUJOCO_GL" not in os.environ  # headless, no OpenGL backend found
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +50,7 @@ class TaskEnv(gym.Env):
       source        the paper (and authors' code) the family follows, e.g. "PEARL (Rakelly et al. 2019)"
       action_space  Box(-1, 1); the family rescales to its physical range
       observation_space  float32 Box; the layout is documented in the family's docstring
+      needs_opengl  True when `render` goes through MuJoCo's OpenGL renderer (class attribute, default False)
     and implement `sample_tasks`, `evaluate`, `_apply_task`, `reset`, `step`.
 
     Rules that keep relabeling honest:
@@ -62,6 +69,8 @@ class TaskEnv(gym.Env):
           families whose reward is linear in the task: reward == (reward_features(...) * task).sum(-1) exactly
           (that sum, not `@`, whose different summation order can differ in the last bit)
     """
+
+    needs_opengl = False
 
     task_dim: int
     varies: str
@@ -190,6 +199,9 @@ def make(name: str, seed: int = 0, **overrides) -> TaskEnv:
     _check_name(name)
     module, factory = _FAMILIES[name].split(":")
     cls = getattr(importlib.import_module(module), factory)
+    if overrides.get("render_mode") and cls.needs_opengl and NO_OPENGL:
+        raise ValueError(f"{name}: rendering without a display needs OSMesa (apt-get install libosmesa6), "
+                         "or MUJOCO_GL set to another OpenGL backend (e.g. egl on a GPU machine)")
     delay = overrides.pop("reward_delay", None)
     try:
         env = cls(seed=seed, **overrides)

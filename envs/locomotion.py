@@ -58,6 +58,8 @@ class LocomotionEnv(TaskEnv, MujocoEnv):
     the paper's lists), render_mode ("rgb_array"), width, height.
     """
 
+    needs_opengl = True
+
     xml: str                  # file in gymnasium's mujoco assets
     frame_skip: int
     obs_dim: int

@@ -110,6 +110,8 @@ N_TRAIN, N_TEST = 50, 10
 class _Sawyer(TaskEnv):
     """Shared simulation: the subclasses below fix the start, observation and reward."""
 
+    needs_opengl = True
+
     varies = "reward"
     has_success = True
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}

@@ -5,12 +5,18 @@ A family added to the registry is covered automatically; it must also get a row 
 Rollouts are short to keep the suite fast; the truncation test runs one full episode.
 """
 
+import os
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (n_train, n_test) as the papers split them.
 SPLITS = {
@@ -84,6 +90,31 @@ def test_unknown_name_is_a_one_line_value_error():
         envs.make("no-such-env")
     msg = str(e.value)
     assert "\n" not in msg and "valid names" in msg and "point-robot" in msg
+
+
+def test_without_opengl_only_rendering_is_refused(monkeypatch):
+    """Headless with no OpenGL library: MuJoCo envs still build and step, asking one to render is a one-line
+    error that says what to install, and the pure-numpy point envs render anyway."""
+    monkeypatch.setattr(envs, "NO_OPENGL", True)
+    e = envs.make("cheetah-vel")
+    e.reset(seed=0)
+    e.step(np.zeros(e.action_space.shape, np.float32))
+    with pytest.raises(ValueError) as err:
+        envs.make("cheetah-vel", render_mode="rgb_array")
+    assert "\n" not in str(err.value) and "libosmesa6" in str(err.value)
+    p = envs.make("point-robot", render_mode="rgb_array")
+    p.reset(seed=0)
+    assert p.render().ndim == 3
+
+
+def test_osmesa_is_chosen_only_when_its_library_is_found():
+    """Choosing OSMesa when it is missing breaks every MuJoCo env at construction (PyOpenGL fails on import)."""
+    code = ("import ctypes.util, os; ctypes.util.find_library = lambda name: None; import envs; "
+            "print(envs.NO_OPENGL, os.environ.get('MUJOCO_GL')); e = envs.make('cheetah-vel'); e.reset(seed=0)")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "None"]
 
 
 def test_registered_with_gymnasium():
@@ -192,6 +223,8 @@ def test_dynamics_families_really_change_dynamics(env):
 
 
 def test_renders_rgb_array(env):
+    if env.needs_opengl and envs.NO_OPENGL:
+        pytest.skip("no offscreen OpenGL here; apt-get install libosmesa6")
     e = envs.make(env.name, render_mode="rgb_array")
     e.reset(seed=0)
     e.step(np.zeros(e.action_space.shape, np.float32))

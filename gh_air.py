@@ -481,7 +481,10 @@ if __name__ == "__main__":
     n_envs = max(args.episodes_per_iteration, args.num_eval_tasks)
     env_list = [env] + [envs.make(args.env, seed=args.seed + i) for i in range(1, n_envs)]
     if args.capture_video:  # frames of the first evaluation episode come from env_list[0]
-        env_list[0] = envs.make(args.env, seed=args.seed, render_mode="rgb_array")
+        try:
+            env_list[0] = envs.make(args.env, seed=args.seed, render_mode="rgb_array")
+        except ValueError as e:  # e.g. no OpenGL library to render with
+            raise SystemExit(f"error: {e}")
     for i, e in enumerate(env_list):
         e.reset(seed=args.seed + i)
     obs_dim, act_dim, task_dim = env.observation_space.shape[0], env.action_space.shape[0], env.task_dim

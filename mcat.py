@@ -561,9 +561,12 @@ def make_policy(model, actor, device, z_fixed=None, H=None, z_src=None, z_tgt=No
 def make_envs(args, tasks, seed):
     out = []
     for k, task in enumerate(tasks):
-        e = envs.make(args.env, seed=seed + k, **({"horizon": args.horizon} if args.horizon else {}),
-                      **({"render_mode": "rgb_array"} if args.capture_video and k == 0 else {}),
-                      reward_delay=args.reward_delay)
+        try:
+            e = envs.make(args.env, seed=seed + k, **({"horizon": args.horizon} if args.horizon else {}),
+                          **({"render_mode": "rgb_array"} if args.capture_video and k == 0 else {}),
+                          reward_delay=args.reward_delay)
+        except ValueError as err:  # e.g. no OpenGL library to render with
+            raise SystemExit(f"error: {err}")
         e.unwrapped.set_task(task)  # the physics live in the base env, under any reward wrapper
         out.append(e)
     return out

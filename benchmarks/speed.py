@@ -9,7 +9,8 @@ and, for PEARL-based scripts, the cost of one gradient step at paper size in fp3
     # one gradient step at paper size (16 tasks x 256, context 100, nets 300, obs 20, act 6), fp32 vs --bf16,
     # median of --steps steps, repeated --repeats times (the spread shows how busy the machine was); also the
     # step's matmul FLOPs (torch's FlopCounterMode), this machine's matmul rate at the layer shape, measured
-    # between the repeats, and the step time as a multiple of FLOPs / rate (the floor)
+    # between the repeats, and the step time as a multiple of FLOPs / rate (the floor); and the step's own matmuls
+    # (recorded by shape, forward and backward) replayed alone: the matmul time no eager version can go below
     python benchmarks/speed.py grad-step --threads 2
 
 Both modes keep the machine's other work in mind: they report ranges, not a single best number.
@@ -133,6 +134,45 @@ def gemm_gflops(torch, dtype, rows: int, width: int, clock, reps: int = 30) -> f
     return 3 * reps * 2 * rows * width * width / (clock() - t0) / 1e9
 
 
+def step_matmuls(torch, step) -> list[tuple]:
+    """Every matrix product one call of `step()` runs, forward and backward, as (batched?, shape of A, shape of B,
+    dtype), recorded below autograd and autocast by a TorchDispatchMode. Replayed alone by `matmuls_ms`."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    operands = {aten.mm.default: (0, 1), aten.bmm.default: (0, 1), aten.addmm.default: (1, 2),
+                aten.baddbmm.default: (1, 2)}
+    found = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in operands:
+                i, j = operands[func]
+                found.append((args[i].dim() == 3, tuple(args[i].shape), tuple(args[j].shape), args[i].dtype))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        step()
+    return found
+
+
+def matmuls_ms(torch, products: list[tuple], clock, reps: int = 10) -> float:
+    """Median time of running just `products` back to back on contiguous random operands of their shapes: the
+    step's matmul work with nothing else around it, i.e. what no eager version of the same update can beat."""
+    g = torch.Generator().manual_seed(2)
+    ops = [(torch.bmm if batched else torch.mm, torch.randn(a, generator=g).to(dt), torch.randn(b, generator=g).to(dt))
+           for batched, a, b, dt in products]
+    for f, x, y in ops:
+        f(x, y)
+    ts = []
+    for _ in range(reps):
+        t0 = clock()
+        for f, x, y in ops:
+            f(x, y)
+        ts.append(clock() - t0)
+    return 1000 * float(np.median(ts))
+
+
 def grad_step(args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -163,10 +203,12 @@ def grad_step(args) -> dict:
         with FlopCounterMode(display=False) as counter:  # matmul FLOPs of one step, forward and backward
             steps["script"](*setups["script"], batch, context, a, obs_dim, act_dim)
         gflop = counter.get_total_flops() / 1e9
+        products = step_matmuls(torch, lambda: steps["script"](*setups["script"], batch, context, a, obs_dim, act_dim))
         dtype = torch.bfloat16 if bf16 else torch.float32
-        medians, peaks = {name: [] for name in steps}, []
+        medians, peaks, mm_only = {name: [] for name in steps}, [], []
         for _ in range(args.repeats):  # variants interleaved, so a busy spell hits both
             peaks.append(gemm_gflops(torch, dtype, T * B, args.net_size, clock))
+            mm_only.append(matmuls_ms(torch, products, clock))
             for name, step in steps.items():
                 ts = []
                 for _ in range(args.steps):
@@ -185,10 +227,17 @@ def grad_step(args) -> dict:
         floor_ms = 1000 * gflop / peak
         res[key].update({"gflop_per_step": round(gflop, 2), "gemm_gflops_per_repeat": [round(x, 1) for x in peaks],
                          "gemm_gflops": round(peak, 1), "floor_ms": round(floor_ms, 1),
-                         "x_floor": round(res[key]["median_ms"] / floor_ms, 2)})
+                         "x_floor": round(res[key]["median_ms"] / floor_ms, 2),
+                         "matmuls_per_step": len(products),
+                         "matmuls_only_ms_per_repeat": [round(x, 1) for x in mm_only],
+                         "matmuls_only_ms": round(float(np.median(mm_only)), 2),
+                         "x_matmuls_only": round(res[key]["median_ms"] / float(np.median(mm_only)), 2)})
         print(f"  {key}: {gflop:.1f} GFLOP per step; matmul {peak:.0f} GFLOP/s at {T * B} x {args.net_size} x "
               f"{args.net_size} -> floor {floor_ms:.1f} ms; the step takes {res[key]['x_floor']:.2f} x the floor",
               flush=True)
+        print(f"  {key}: the step's {len(products)} matmuls alone, replayed on contiguous operands: "
+              f"{res[key]['matmuls_only_ms']:.1f} ms (repeats {min(mm_only):.1f} .. {max(mm_only):.1f}); the step "
+              f"takes {res[key]['x_matmuls_only']:.2f} x that", flush=True)
     res["speedup_bf16"] = round(res["fp32"]["median_ms"] / res["bf16"]["median_ms"], 2)
     res["config"] = {"script": args.script, "threads": args.threads, "clock": args.clock, "tasks": T, "batch": B,
                      "context": C, "net_size": args.net_size, "obs_dim": obs_dim, "act_dim": act_dim,

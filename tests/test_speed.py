@@ -1,0 +1,56 @@
+"""benchmarks/speed.py grad-step: the recorded matmuls are the step's own (their FLOPs are torch's FLOP count), and
+a tiny configuration produces every reported number."""
+
+import argparse
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "benchmarks", "speed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_matmuls_records_forward_and_backward_products(speed):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    w = torch.randn(2, 6, 4, requires_grad=True)
+
+    def step():
+        (net(x).square().sum() + torch.bmm(torch.ones(2, 7, 6), w).sum()).backward()
+
+    found = speed.step_matmuls(torch, step)
+    shapes = sorted((batched, a, b) for batched, a, b, _ in found)
+    # forward: x @ W1^T (5x3 @ 3x4), h @ W2^T (5x4 @ 4x2), the bmm; backward: the weight gradients of both layers,
+    # the input gradient of layer 2 (layer 1's input needs none) and the bmm's gradient for w
+    assert shapes == sorted([
+        (False, (5, 3), (3, 4)), (False, (5, 4), (4, 2)), (True, (2, 7, 6), (2, 6, 4)),
+        (False, (2, 5), (5, 4)), (False, (4, 5), (5, 3)), (False, (5, 2), (2, 4)), (True, (2, 6, 7), (2, 7, 4)),
+    ]), shapes
+    with FlopCounterMode(display=False) as counter:
+        step()
+    recorded = sum(2 * a[-2] * a[-1] * b[-1] * (a[0] if batched else 1) for batched, a, b, _ in found)
+    assert recorded == counter.get_total_flops()
+
+
+def test_grad_step_reports_the_matmul_only_time(speed):
+    args = argparse.Namespace(script="pearl.py", threads=1, tasks=2, batch=16, context=8, net_size=16, obs_dim=5,
+                              act_dim=2, warmup=1, steps=2, repeats=2, naive=True, clock="wall")
+    res = speed.grad_step(args)
+    for key in ("fp32", "bf16"):
+        r = res[key]
+        # 4 networks of 4 layers and the encoder's 4, forward and backward: dozens of products
+        assert r["matmuls_per_step"] > 40
+        assert len(r["matmuls_only_ms_per_repeat"]) == 2 and r["matmuls_only_ms"] > 0
+        assert r["x_matmuls_only"] == pytest.approx(r["median_ms"] / r["matmuls_only_ms"], rel=0.05)
+    assert "fp32_naive" in res

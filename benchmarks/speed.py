@@ -10,7 +10,7 @@ and, for PEARL-based scripts, the cost of one gradient step at paper size in fp3
     # median of --steps steps, repeated --repeats times (the spread shows how busy the machine was); also the
     # step's matmul FLOPs (torch's FlopCounterMode), this machine's matmul rate at the layer shape, measured
     # between the repeats, and the step time as a multiple of FLOPs / rate (the floor); and the step's own matmuls
-    # (recorded by shape, forward and backward) replayed alone: the matmul time no eager version can go below
+    # (recorded by shape, forward and backward) replayed alone: the time an eager step running them cannot go below
     python benchmarks/speed.py grad-step --threads 2
 
 Both modes keep the machine's other work in mind: they report ranges, not a single best number.
@@ -158,7 +158,7 @@ def step_matmuls(torch, step) -> list[tuple]:
 
 def matmuls_ms(torch, products: list[tuple], clock, reps: int = 10) -> float:
     """Median time of running just `products` back to back on contiguous random operands of their shapes: the
-    step's matmul work with nothing else around it, i.e. what no eager version of the same update can beat."""
+    step's matmul work with nothing else around it, i.e. what an eager version running the same products cannot beat."""
     g = torch.Generator().manual_seed(2)
     ops = [(torch.bmm if batched else torch.mm, torch.randn(a, generator=g).to(dt), torch.randn(b, generator=g).to(dt))
            for batched, a, b, dt in products]

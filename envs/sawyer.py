@@ -1,44 +1,71 @@
-"""Sawyer manipulation families of HFR (Wan et al. 2022) and HIPI (Eysenbach et al. 2020) on Meta-World's Sawyer.
+"""Sawyer manipulation families of HFR (Wan et al. 2022) and HIPI (Eysenbach et al. 2020) in Meta-World v1's scene.
 
 Names: sawyer-push, sawyer-push-dense, sawyer-reach, sawyer-reach-dense, sawyer-reach-margin.
 
-Model. Meta-World 3.1.1's push-v3 scene (`sawyer_xyz/sawyer_push_v3.xml`, loaded by constructing
-`metaworld.envs.SawyerPushEnvV3`): the Sawyer arm driven by a mocap body welded to the hand, two position-
-controlled fingers, a free puck (cylinder, radius 0.02 m, height 0.04 m, 0.75 kg) on the table. HFR used the
-Meta-World v1 reach-push-pick-place scene (commit 2f228c2, MuJoCo 2.0). A descendant of that file still ships in
-Meta-World 3.1.1's assets (`sawyer_reach_push_pick_and_place.xml`) but no environment class uses it any more;
-its puck is the nested `block_cyl` body (geom 2 cm above the body frame, default inertia) that the v3 scene
-replaced with a single cylinder geom with explicit inertia, citing "friction and inertia issues". So we use the
-maintained v3 scene: same arm, table, hand box and puck start, a better-behaved puck, MuJoCo 3.3.0 contacts.
-Every family here, reach included, uses this one scene, as HFR used one scene for push and reach.
+Model. The scene HFR trained in: Meta-World v1's reach/push/pick-place scene (rlworkgroup/metaworld commit 2f228c2,
+`sawyer_xyz/sawyer_reach_push_pick_and_place.xml` with its `shared_config.xml` and `sawyer_xyz_base.xml`), used by
+michaelwan11/hfr's `rlkit/envs/sawyer_reach_push_pick_place.py`, written out for MuJoCo 3 in
+`envs/data/sawyer_v1_reach_push.xml` (arm meshes from the installed metaworld package). HIPI's Sawyer reach
+(google-research/hipi `envs/sawyer_env.py`) used the same Meta-World class and scene (Meta-World master of 2020,
+mujoco-py 2.0), so sawyer-reach-margin runs in it too. The Sawyer arm is driven by a mocap body welded to the
+hand; two position-controlled slide fingers (claw + pad) hang 4.5 cm below it; the table is a plane at z = 0 with
+friction 2; the puck is v1's: a free cylinder of radius 0.03 m and height 0.03 m (half-height 0.015), 0.75 kg,
+diagonal inertia 8.80012e-4 on all three axes, solref (0.01, 1), solimp (0.99, 0.99, 0.01), friction (1, 0.1,
+0.002), condim 4, starting at (0, 0.6). (The previous version of this file called v1's puck a nested `block_cyl`
+body with default inertia: that is metaworld 3.1.1's rewrite of the file, not v1's puck.) Solver options are v1's
+(timestep 2.5 ms, Newton, 50 iterations, tolerance 1e-10, dense Jacobian, elliptic cones). Where MuJoCo 3 forces a
+difference from the v1 files (details in the XML):
+  * two pairs of the arm's own collision proxies (the base link's cylinder against right_l0 and right_l1_2) are
+    excluded from contact. They overlap in every pose, by up to 19 cm; left in, they dominate the constraint solve
+    and a puck resting on the table gets thrown at metres per second (measured in MuJoCo 3.3.0 and 2.2.0; MuJoCo
+    2.0, which HFR used, cannot be run here, so whether HFR's runs had the same defect is unknown);
+  * `coordinate="local"` is gone from the compiler (MuJoCo 3 has only local coordinates), and the mocap weld's
+    identity relative pose is written in the XML instead of being set at run time by Meta-World's
+    `reset_mocap_welds`;
+  * contacts use MuJoCo 3.3's default convex collider (MuJoCo 2.0 used libccd's MPR); the two differ on how a
+    claw that starts inside the puck is pushed out (see the start state below).
 
-Control (as HFR's `rotMode="fixed"`): action a in [-1, 1]^4. a[:3] / 100 moves the mocap target (at most 1 cm
-per step and axis), which is clipped to Meta-World's hand box (-0.5, 0.40, 0.05)..(0.5, 1.0, 0.5); the gripper
-orientation stays fixed (mocap quaternion (1, 0, 1, 0)); a[3] is the finger effort, ctrl = (a[3], -a[3])
-(+1 closes). One step is 5 MuJoCo steps of 2.5 ms (frame_skip 5, dt 12.5 ms).
+Control (HFR's `rotMode="fixed"`, Meta-World v1 `set_xyz_action`): action a in [-1, 1]^4. a[:3] / 100 moves the
+mocap target (at most 1 cm per step and axis), which is clipped to the hand box (-0.5, 0.40, 0.05)..(0.5, 1.0,
+0.5); the mocap quaternion is held at (1, 0, 1, 0); a[3] is the finger command, ctrl = (a[3], -a[3]) (+1 closes,
+-1 opens). One step is 5 MuJoCo steps of 2.5 ms (frame_skip 5, dt 12.5 ms). Actions are clipped to [-1, 1]; an
+action with a NaN or infinite entry is refused with a one-line ValueError before anything is simulated (clipping
+cannot give NaN a meaning, and a NaN mocap target would corrupt the simulation).
 
 Observation (float32, metres, world frame; unbounded Box like gymnasium's MuJoCo envs):
   sawyer-push, sawyer-push-dense     [hand xyz, puck xyz]                           6-D (HFR's obs_type "plain")
   sawyer-reach, -reach-dense, -margin [hand xyz, puck xyz, finger-centre xyz]       9-D
 "hand" is the hand body's origin (Meta-World's end-effector position), "puck" the puck geom's centre (HFR's
 objGeom), "finger centre" the midpoint of the two fingertip sites rightEndEffector / leftEndEffector (HFR's
-fingerCOM, Meta-World's tcp_center). HFR scored reaching with fingerCOM but kept it out of the observation, so
-its reach reward could only be recomputed from env infos; here it is in the observation, so every reward is a
-pure function of (obs, action, next_obs, task). With the fixed orientation the finger centre sits about 4.5 cm
-below the hand. The goal is never in the observation (HFR: meta-RL infers it from context).
+fingerCOM). HFR scored reaching with fingerCOM but kept it out of the observation, so its reach reward could only
+be recomputed from env infos; here it is in the observation, so every reward is a pure function of
+(obs, action, next_obs, task). The goal is never in the observation (HFR: meta-RL infers it from context).
+Positions are read after `mj_kinematics`, i.e. of the state the step ended in (mujoco-py's data after `sim.step`
+are one substep older).
 
-Start state (no randomness: HFR's random_init=False). Reset restores a state computed once in the constructor
-the way Meta-World's `_reset_hand` does: hold the mocap at the hand start for 50 steps (HFR's v1 code: 10),
-with the puck parked out of the arm's way, then put the puck at (0, 0.6) on the table and let it come to rest. `reset(seed=...)` seeds `self.np_random` (gymnasium's contract) but the start
-state does not depend on it; two resets give bit-identical states (MuJoCo's solver warm start is restored too).
-  * push: HFR held the mocap at (0, 0.65, 0) with the fingers open. z = 0 is below the action's mocap floor
-    (0.05), which the first action snaps back to, and in this model the open fingers span y = hand +- 0.047,
-    so the rear finger pad would sit inside the puck at (0, 0.6) and kick it away. We hold the mocap at
-    (0, 0.65, 0.05) with the fingers CLOSED: the hand settles at about (0.001, 0.651, 0.046), fingertips 1 mm
-    above the table, the closed fingers about 2 cm beyond the puck on the goal side, the puck untouched at
-    (0, 0.6, 0.0194). (tests/test_sawyer.py pins these numbers.)
-  * reach: HFR's hand start (0, 0.6, 0.2), fingers open: hand about (0.001, 0.600, 0.194), finger centre about
-    (0.001, 0.600, 0.149); puck at (0, 0.6) as above.
+Start state (no randomness: HFR's random_init=False). Reset restores a state computed once in the constructor in
+the order of HFR's `reset_model`: the hand is settled first, with the fingers OPEN (ctrl (-1, +1)), then the puck
+is placed at (0, 0.6) on the table. Two resets give bit-identical states (MuJoCo's warm start is restored too);
+`reset(seed=...)` seeds `self.np_random` (gymnasium's contract) but the start does not depend on it.
+  * push: HFR holds the mocap at (0, 0.65, 0) for its settle. z = 0 is below the hand box's floor, and every
+    action clips the target back to it: the first step moves the mocap to (a_x/100, 0.65 + a_y/100, 0.05)
+    whatever a_z is. z = 0 is therefore never held during an episode; holding it presses the claws into the
+    table, where friction stalls the hand about 6 cm short of its target (MuJoCo 3.3.0). We settle the hand at
+    (0, 0.65, 0.05), the target the first action's clip gives. The open fingers then stand at y = hand -+ 0.05 and
+    reach down to z = 0.005, so the rear claw (y 0.597..0.606) cuts through the puck placed at (0, 0.6): HFR's
+    start has a claw inside the puck. We reproduce what MuJoCo 3.3 makes of it: the puck is placed after the hand
+    settles, as HFR does, and the state is advanced 40 steps with the mocap held (the claw-in-puck contact resolves
+    during them); the contact lifts the hand and the claw comes to rest pressed into the top of the puck, the puck
+    still at (0, 0.6). Measured (tests/test_sawyer.py pins them): hand (0.000, 0.650, 0.066), fingers open
+    (finger centre z 0.021), puck (0.000, 0.600, 0.014) at rest with the rear claw 8 mm into its top.
+    (MuJoCo's libccd collider instead squeezes the puck out sideways to about (-0.04, 0.59).)
+    HFR's reset_model run verbatim is not a start state but a collision: Meta-World's `reset` first puts the arm
+    back at its zero pose (`sim.reset()`, hand at (1.14, 0.16, 0.32)), and its 10 x 5 settle steps end with the
+    hand still swinging in, about 10 cm short of its target; the puck, placed in its path, is struck and thrown.
+    Where it goes depends on the MuJoCo build (benchmarks/sawyer_exploration.py measures it); that throw is not
+    reproduced here.
+  * reach: HFR's hand start (0, 0.6, 0.2), fingers open: hand (0.000, 0.600, 0.200), finger centre 4.5 cm below;
+    puck placed at (0, 0.6) afterwards, well clear of the fingers.
 
 Tasks and rewards (d = distance after the step, i.e. measured on next_obs):
   sawyer-push (HFR): task = goal xy, 60 goals drawn with np.random.RandomState(3).uniform over HFR's sparse-push
@@ -60,22 +87,18 @@ Tasks and rewards (d = distance after the step, i.e. measured on next_obs):
     continuously; for the protocol's fixed lists we draw 60 from RandomState(3) (50 train / 10 test). Deviations:
     HIPI scored the hand body in the state BEFORE the step; we score the finger centre (as the other reach
     families) after the step, as every family here does.
+A task whose goal lies off the table (x outside [-0.4, 0.4] or y outside [0.2, 1.0], the table top of the scene,
+or a reach goal below the table, z < 0) or a negative margin is refused by `set_task` with a one-line ValueError.
 `achieved_task(obs, task)`: the task whose goal part is what obs achieved (push: puck xy; reach: finger
 centre; margin kept), for HER-style relabeling.
 
-Rendering: render_mode="rgb_array" (camera "corner" unless camera_name says otherwise); the goal site is moved
-to the task's goal (push: on the table; reach-margin: its radius shows the margin).
+Rendering: render_mode="rgb_array" (camera "corner" unless camera_name says otherwise, or v1's "topview"); the
+goal site is moved to the task's goal (push: on the table; reach-margin: its radius shows the margin).
 
-Traps of Meta-World 3.1.1 avoided here: its `reset` loops forever when puck and goal are closer than 0.15 m
-(we never call it: our goal is only a task vector, and the goal site is only drawn); its declared observation
-space is stale (we declare our own); its `reset(seed)` ignores the seed (our start state has no randomness);
-its constructor fails on mujoco >= 3.17 (`make` says so in one line; the project pins 3.3.0).
-
-Speed: Meta-World's own step builds a 39-D observation in Python (with scipy Rotation); ours reads positions
-straight from mjData after `mj_kinematics`. One core, random actions, a reset every 150 steps, steps per second
-of process CPU time (the 2-vCPU machine was shared, so wall-clock numbers were 3-4x lower than CPU time):
-sawyer-push 8,000, sawyer-reach 8,900; Meta-World's push-v3 step measured the same way at the same time 1,150
-(about 2,000 on an idle machine). Command (PYTHONPATH at the repository root):
+Speed: one core, process CPU time: about 6,000 steps per second with a reset every 150 steps (the "after" row of
+benchmarks/results/sawyer-exploration.json: 300,000 steps in 49 CPU s on a shared 2-core AMD EPYC, random actions
+and the benchmark's own bookkeeping included). Construction takes about 1 s (scene compile and the settle).
+Command for the bare step rate (PYTHONPATH at the repository root):
     OMP_NUM_THREADS=1 python -c "import time,numpy as np,envs; e=envs.make('sawyer-push'); e.reset(seed=0); \
     A=np.random.default_rng(0).uniform(-1,1,(30000,4)).astype(np.float32); t=time.process_time(); \
     [e.reset() if (i+1)%150==0 else e.step(a) for i,a in enumerate(A)]; print(len(A)/(time.process_time()-t))"
@@ -83,28 +106,41 @@ sawyer-push 8,000, sawyer-reach 8,900; Meta-World's push-v3 step measured the sa
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
 from envs import TaskEnv
 
-try:
-    from metaworld.envs import SawyerPushEnvV3
-except ImportError as e:  # reported by the constructor as a one-line error
-    SawyerPushEnvV3, _IMPORT_ERROR = None, e
-
+SCENE_XML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sawyer_v1_reach_push.xml")
 FRAME_SKIP = 5
 ACTION_SCALE = 1.0 / 100
-MOCAP_LOW = np.array([-0.5, 0.40, 0.05])  # Meta-World / HFR hand_low, hand_high
+MOCAP_LOW = np.array([-0.5, 0.40, 0.05])  # Meta-World v1 / HFR hand_low, hand_high (the mocap box)
 MOCAP_HIGH = np.array([0.5, 1.0, 0.5])
 MOCAP_QUAT = np.array([1.0, 0.0, 1.0, 0.0])  # fingers pointing down
-PUCK_START_XY = np.array([0.0, 0.6])
-SETTLE_STEPS = 50  # Meta-World's _reset_hand
-PUCK_SETTLE_STEPS = 10
-PUCK_HALF_HEIGHT = 0.02
+FINGERS_OPEN = (-1.0, 1.0)  # HFR's _reset_hand: do_simulation([-1, 1])
+PUCK_START_XY = np.array([0.0, 0.6])  # v1 obj_init_pos
+PUCK_HALF_HEIGHT = 0.015  # v1 puck: resting centre height
+PUCK_PARKED = (1.5, 1.5, PUCK_HALF_HEIGHT)  # on the table plane, out of the arm's reach, while the hand settles
+SETTLE_STEPS = 100  # hand settle (x 5 MuJoCo steps); HFR's _reset_hand runs 10, from the arm's zero pose
+PUCK_SETTLE_STEPS = 40  # after the puck is placed: the claw-in-puck contact resolves and comes to rest
+TABLE_LOW, TABLE_HIGH = np.array([-0.4, 0.2]), np.array([0.4, 1.0])  # the v1 table top (plane at z = 0)
 HFR_GOAL_SEED = 3
 N_TRAIN, N_TEST = 50, 10
+
+
+def _mesh_assets() -> dict[str, bytes]:
+    """The arm's STL files from the installed metaworld package, keyed by the names the scene XML uses."""
+    spec = importlib.util.find_spec("metaworld")
+    if spec is None or spec.origin is None:
+        raise ValueError("the Sawyer families need the metaworld package for the arm meshes (pip install metaworld==3.1.1)")
+    folder = os.path.join(os.path.dirname(spec.origin), "assets", "objects", "meshes", "xyz_base")
+    if not os.path.isdir(folder):
+        raise ValueError(f"the Sawyer families need metaworld's arm meshes; not found at {folder}")
+    return {f: open(os.path.join(folder, f), "rb").read() for f in os.listdir(folder) if f.endswith(".stl")}
 
 
 class _Sawyer(TaskEnv):
@@ -119,7 +155,6 @@ class _Sawyer(TaskEnv):
 
     # set by subclasses
     hand_start: tuple
-    close_fingers_at_start: bool
     finger_centre_in_obs: bool
     goal_low: np.ndarray
     goal_high: np.ndarray
@@ -129,11 +164,6 @@ class _Sawyer(TaskEnv):
                  n_test_tasks: int = N_TEST, render_mode: str | None = None, width: int = 480,
                  height: int = 480, camera_name: str = "corner"):
         name = getattr(self, "name", "sawyer")
-        if SawyerPushEnvV3 is None:
-            raise ValueError(f"{name} needs the metaworld package (metaworld==3.1.1): {_IMPORT_ERROR}")
-        if tuple(int(v) for v in mujoco.__version__.split(".")[:2]) >= (3, 17):
-            raise ValueError(f"{name}: metaworld 3.1.1 does not run on mujoco {mujoco.__version__} "
-                             "(its mocap weld setup breaks from 3.17 on); install mujoco==3.3.0")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"{name}: render_mode must be None or 'rgb_array', got {render_mode!r}")
         if n_train_tasks < 1 or n_test_tasks < 1:
@@ -143,16 +173,20 @@ class _Sawyer(TaskEnv):
             raise ValueError(f"{name}: horizon must be >= 1, got {self.horizon}")
         self.render_mode = render_mode
 
-        # Meta-World builds the model, its mocap weld and (when asked) the offscreen renderer; we never call its
-        # reset or step.
-        self._mw = SawyerPushEnvV3(render_mode=render_mode, camera_name=camera_name if render_mode else None,
-                                   width=width, height=height)
-        self._model, self._data = m, d = self._mw.model, self._mw.data
+        with open(SCENE_XML) as f:
+            self._model = m = mujoco.MjModel.from_xml_string(f.read(), _mesh_assets())
+        self._data = d = mujoco.MjData(m)
         self._hand = m.body("hand").id
         self._puck = m.geom("objGeom").id
         self._fingers = [m.site("rightEndEffector").id, m.site("leftEndEffector").id]
         self._goal_site = m.site("goal").id
+        obj = m.joint("objjoint").id
+        self._puck_q, self._puck_v = m.jnt_qposadr[obj], m.jnt_dofadr[obj]
         self._start = self._settle()
+        if camera_name not in ("corner", "topview"):
+            raise ValueError(f"{name}: camera_name must be 'corner' or 'topview', got {camera_name!r}")
+        self._renderer = mujoco.Renderer(m, height, width) if render_mode else None
+        self._camera = camera_name
 
         obs_dim = 9 if self.finger_centre_in_obs else 6
         self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
@@ -176,26 +210,39 @@ class _Sawyer(TaskEnv):
     def sample_tasks(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(self.goal_low, self.goal_high, (n, 3))
 
+    def check_task(self, task) -> np.ndarray:
+        task = super().check_task(task)
+        xy = task[:2]
+        if np.any(xy < TABLE_LOW) or np.any(xy > TABLE_HIGH):
+            raise ValueError(f"{self.name}: goal ({', '.join(f'{v:g}' for v in task[:self._goal_len])}) is off the "
+                             f"table: x must be in [{TABLE_LOW[0]:g}, {TABLE_HIGH[0]:g}], "
+                             f"y in [{TABLE_LOW[1]:g}, {TABLE_HIGH[1]:g}]")
+        if self._goal_len == 3 and task[2] < 0.0:
+            raise ValueError(f"{self.name}: goal z {task[2]:g} is below the table top (z = 0)")
+        return task
+
     def _apply_task(self, task: np.ndarray) -> None:
         self._model.site_pos[self._goal_site] = task[:3]  # drawing only
 
     # ---------------------------------------------------------------- simulation
+    def _hold(self, target, n: int) -> None:
+        """n env steps with the mocap held at `target` and the fingers commanded open."""
+        d = self._data
+        d.mocap_pos[0], d.mocap_quat[0], d.ctrl[:] = target, MOCAP_QUAT, FINGERS_OPEN
+        mujoco.mj_step(self._model, d, nstep=n * FRAME_SKIP)
+
     def _settle(self) -> np.ndarray:
-        """The start state: Meta-World's _reset_hand (mocap held at the start for 50 steps), then the puck placed
-        at rest at its start. Returned as MuJoCo's full integration state (incl. mocap, ctrl, warm start)."""
+        """The start state in the order of HFR's reset_model: the hand settled with open fingers, then the puck
+        placed at its start and the state advanced until the contacts have resolved (module docstring).
+        Returned as MuJoCo's full integration state (incl. mocap, ctrl, warm start)."""
         m, d = self._model, self._data
-        mujoco.mj_resetData(m, d)
-        qadr, vadr = m.jnt_qposadr[m.joint("objjoint").id], m.jnt_dofadr[m.joint("objjoint").id]
-        # The arm swings in from its zero pose and would strike the puck on the way down; park the puck
-        # far below the table meanwhile.
-        d.qpos[qadr:qadr + 3] = (0.0, 0.0, -10.0)
-        d.mocap_pos[0] = self.hand_start
-        d.mocap_quat[0] = MOCAP_QUAT
-        d.ctrl[:] = (1.0, -1.0) if self.close_fingers_at_start else (-1.0, 1.0)
-        mujoco.mj_step(m, d, nstep=SETTLE_STEPS * FRAME_SKIP)
-        d.qpos[qadr:qadr + 7] = (*PUCK_START_XY, PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0)
-        d.qvel[vadr:vadr + 6] = 0.0
-        mujoco.mj_step(m, d, nstep=PUCK_SETTLE_STEPS * FRAME_SKIP)  # let the puck sink into its contact
+        mujoco.mj_resetData(m, d)  # as Meta-World's reset: the arm at its zero pose
+        q, v = self._puck_q, self._puck_v
+        d.qpos[q:q + 7] = (*PUCK_PARKED, 1.0, 0.0, 0.0, 0.0)
+        self._hold(self.hand_start, SETTLE_STEPS)
+        d.qpos[q:q + 7] = (*PUCK_START_XY, PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0)
+        d.qvel[v:v + 6] = 0.0
+        self._hold(self.hand_start, PUCK_SETTLE_STEPS)
         d.time = 0.0
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         state = np.empty(mujoco.mj_stateSize(m, spec))
@@ -223,9 +270,12 @@ class _Sawyer(TaskEnv):
         if self._obs is None:
             raise RuntimeError(f"{self.name}: call reset() before step()")
         a = self.clip_action(action)
+        if not np.all(np.isfinite(np.asarray(action, np.float64))):
+            raise ValueError(f"{self.name}: action has a NaN or infinite entry: {np.asarray(action).tolist()}")
         m, d = self._model, self._data
         target = d.mocap_pos[0]
         np.clip(target + a[:3] * ACTION_SCALE, MOCAP_LOW, MOCAP_HIGH, out=target)
+        d.mocap_quat[0] = MOCAP_QUAT
         d.ctrl[0], d.ctrl[1] = a[3], -a[3]
         mujoco.mj_step(m, d, nstep=FRAME_SKIP)
         # mj_step leaves positions one substep old; positions of the new state are all we read.
@@ -238,13 +288,17 @@ class _Sawyer(TaskEnv):
         return next_obs.copy(), float(reward), bool(terminated), self._t >= self.horizon, info
 
     def render(self):
-        if self.render_mode is None:
+        if self._renderer is None:
             return None
-        # Meta-World's cameras are declared with the image's up axis pointing down: turn the frame upright.
-        return np.ascontiguousarray(self._mw.render()[::-1, ::-1])
+        self._renderer.update_scene(self._data, camera=self._camera)
+        frame = self._renderer.render()
+        # the "corner" camera is declared with the image's up axis pointing down: turn the frame upright
+        return np.ascontiguousarray(frame[::-1, ::-1]) if self._camera == "corner" else frame
 
     def close(self):
-        self._mw.close()
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
     # ---------------------------------------------------------------- reward helpers
     @staticmethod
@@ -256,9 +310,9 @@ class _Sawyer(TaskEnv):
 class _PushTasks:
     """Goal = puck xy. Mixed in before _Sawyer."""
 
-    hand_start = (0.0, 0.65, 0.05)
-    close_fingers_at_start = True
+    hand_start = (0.0, 0.65, 0.05)  # HFR's (0, 0.65, 0) as the first action's clip leaves it (docstring)
     finger_centre_in_obs = False
+    _goal_len = 2
     goal_low = np.array([-0.1, 0.8, 0.05])  # HFR sparse push goal Box; z unused
     goal_high = np.array([0.1, 0.9, 0.3])
     default_horizon = 150
@@ -286,9 +340,9 @@ class _PushTasks:
 class _ReachTasks:
     """Goal = finger-centre xyz. Mixed in before _Sawyer."""
 
-    hand_start = (0.0, 0.6, 0.2)
-    close_fingers_at_start = False
+    hand_start = (0.0, 0.6, 0.2)  # HFR's / Meta-World v1's hand_init_pos
     finger_centre_in_obs = True
+    _goal_len = 3
     goal_low = np.array([-0.1, 0.7, 0.05])  # HFR sparse reach goal Box
     goal_high = np.array([0.1, 0.8, 0.3])
     default_horizon = 150
@@ -369,6 +423,12 @@ class SawyerReachMargin(_ReachTasks, _Sawyer):
 
     def _fixed_tasks(self, n):
         return self.sample_tasks(n, np.random.RandomState(HFR_GOAL_SEED))
+
+    def check_task(self, task):
+        task = super().check_task(task)
+        if task[3] < 0.0:
+            raise ValueError(f"{self.name}: margin {task[3]:g} is negative")
+        return task
 
     def sample_tasks(self, n, rng):
         goals = rng.uniform(self.goal_low, self.goal_high, (n, 3))

@@ -16,19 +16,55 @@ continues from the checkpoint.pt in its run directory instead of starting over (
 `--plot-only` rebuilds the JSON and PNG from the run directories of an earlier invocation (same arguments).
 The scripts' shared conventions make this work for all of them: `--env`, `--seed`, `--run-dir`, and one JSON
 line per evaluation in run_dir/eval.jsonl with "iteration", "env_steps", "eval/return" (+ "eval/success_rate").
+
+`--backend ray` runs the same commands on a Ray cluster instead (`--ray-address HEAD_IP:6379` joins a running
+one, `auto` the one this machine belongs to; without it a local Ray instance is started), one Ray task per
+(variant, seed) run with `--cpus-per-run` CPUs (default 1, also the run's torch / OpenMP threads) and
+`--gpus-per-run` GPUs. Every node needs the requirements installed, nothing else; no file system is shared:
+  - the driver (this process) zips the repository's code (without run and result folders) and puts it into
+    Ray's object store once; each node unpacks it once into <tmp>/meta-rl-benchmarks-<uid>/code/<hash>/;
+  - a task runs the script with a node-local run directory, <tmp>/meta-rl-benchmarks-<uid>/runs/<run>/run/, and
+    every SYNC_SECONDS (2 s) sends back what changed in it, as one item of a streaming generator: whole files
+    where they were replaced (checkpoint.pt, which the scripts write with an atomic rename), only the appended
+    bytes where a file grew (eval.jsonl, TensorBoard events, and the script's output, whole lines, with the
+    node-local path replaced by the driver's, for stdout.log). The driver writes each item into the run's
+    directory under benchmarks/runs/ at once, so that directory is a copy of the run as of at most SYNC_SECONDS
+    ago, and --resume-unfinished can continue from it after the driver itself was stopped;
+  - an item is consistent: checkpoint files are read first and the other files after them, and the driver
+    writes the other files first and the checkpoint last, so the eval.jsonl beside a checkpoint always holds
+    every row up to the checkpoint's iteration (the scripts write an iteration's row before its checkpoint; rows
+    after it are written again by a resumed run, and read_evals keeps the later copy);
+  - a run whose task died (its worker process killed, its node lost, out of memory) is retried once, with
+    --resume where a checkpoint exists, and says so. The retry asks for the same node first (soft affinity),
+    where the script, which gets SIGTERM when its task's process dies (PR_SET_PDEATHSIG), has left its last
+    checkpoint in the node-local run directory: the retry continues from that one, so a killed worker process
+    loses only the work since the script's last checkpoint. A file lock held by the task and by its script
+    makes the retry wait until both are gone. A retry on another node (the first one is gone) continues from
+    the copy sent back, losing at most the work since the last checkpoint that reached the driver (SYNC_SECONDS
+    plus the time to send it). A finished task deletes its node-local run directory; <tmp>/meta-rl-benchmarks-*
+    can be deleted on any node where no run is going.
+Results JSON / PNG, stdout.log (each sitting's command line, then the script's output) and wall_s.txt are the
+same as with the local backend; a retried run counts two segments, as a continued one does.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import uuid
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                    help="a variant: label and its extra flags (repeatable; default: one variant 'default=')")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
-    p.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2), one thread each")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs in parallel (default 2), one thread each; --backend local only")
     p.add_argument("--metrics", nargs="+", default=["eval/return", "eval/success_rate"],
                    help="eval.jsonl keys to plot and summarize (missing keys are skipped)")
     p.add_argument("--timeout", type=float, default=None, help="kill a run after this many seconds")
@@ -63,8 +100,32 @@ def parse_args(argv=None):
                         "earlier invocation was cut off) continues from it with the script's --resume, keeping its\n"
                         "eval.jsonl and stdout.log; without this flag such a run starts over")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder holding results/ and runs/")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: worker processes on this machine (default); ray: one Ray task per run, on a local\n"
+                        "Ray instance or, with --ray-address, on a running cluster (see the module docstring)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="join this running Ray cluster (HEAD_IP:6379, or auto on one of its nodes) instead of\n"
+                        "starting a local Ray instance")
+    p.add_argument("--cpus-per-run", type=int, default=None, metavar="N",
+                   help="CPUs Ray reserves for each run, also its torch / OpenMP threads (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=None, metavar="N",
+                   help="GPUs Ray reserves for each run (default 0; give the script's GPU flag in --common)")
     args = p.parse_args(argv)
     args.reuse = args.reuse or bool(args.reuse_from)
+    ray_only = [f for f, v in (("--ray-address", args.ray_address), ("--cpus-per-run", args.cpus_per_run),
+                               ("--gpus-per-run", args.gpus_per_run)) if v is not None]
+    if args.backend == "local" and ray_only:
+        p.error(f"{', '.join(ray_only)}: only with --backend ray")
+    if args.backend == "ray" and args.workers is not None:
+        p.error("--workers: only with --backend local; on Ray the cluster's CPUs and --cpus-per-run decide how many "
+                "runs go at a time")
+    args.workers = 2 if args.workers is None else args.workers
+    args.cpus_per_run = 1 if args.cpus_per_run is None else args.cpus_per_run
+    args.gpus_per_run = 0.0 if args.gpus_per_run is None else args.gpus_per_run
+    if args.cpus_per_run < 1:
+        p.error(f"--cpus-per-run {args.cpus_per_run}: must be >= 1")
+    if args.gpus_per_run < 0:
+        p.error(f"--gpus-per-run {args.gpus_per_run:g}: must be >= 0")
     if args.workers <= 0 or not args.seeds:
         p.error("--workers must be positive and --seeds non-empty")
     variants = []
@@ -275,6 +336,431 @@ def write_results(args, jobs: list, status: dict, out: str, final: bool) -> None
                       + ", ".join(f"{x:.2f}" for x in per_run) + ")")
 
 
+class Tally:
+    """The runner's progress: one line per finished run and then `k of n runs finished, ETA h:mm:ss`. The ETA
+    assumes that every run still to finish takes the mean time of the runs finished so far in this invocation,
+    `parallel` at a time: the running ones for what is left of that mean, the waiting ones after them."""
+
+    def __init__(self, n: int, parallel: int):
+        self.n, self.parallel, self.k = n, parallel, 0
+        self.durations, self.running = [], {}
+
+    def started(self, key) -> None:
+        self.running.setdefault(key, time.time())
+
+    def finished(self, key, label: str, seed: int, r: dict) -> None:
+        t0 = self.running.pop(key, None)
+        if t0 is not None:
+            self.durations.append(time.time() - t0)
+        self.k += 1
+        print(f"  {label} seed {seed}: exit {r['rc']} after {r['wall_s']:.0f} s", flush=True)
+        left = self.eta()
+        print(f"{self.k} of {self.n} runs finished" + (f", ETA {hms(left)}" if left is not None else ""), flush=True)
+
+    def eta(self) -> float | None:
+        if self.k >= self.n:
+            return None
+        if not self.durations:
+            return None
+        now = time.time()
+        return eta_seconds(float(np.mean(self.durations)), [now - t for t in self.running.values()],
+                           self.n - self.k - len(self.running), self.parallel)
+
+
+def eta_seconds(mean_s: float, running_s: list[float], waiting: int, parallel: int) -> float:
+    """Seconds until the last run ends when each takes `mean_s`: the running ones (run for `running_s` so far)
+    end after what is left of it, and each waiting one starts in the first slot that frees up."""
+    slots = sorted(max(mean_s - r, 0.0) for r in running_s)
+    slots += [0.0] * max(parallel - len(slots), 0)
+    for _ in range(waiting):
+        i = int(np.argmin(slots))
+        slots[i] += mean_s
+    return max(slots, default=0.0)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# ---- the Ray backend (see the module docstring); only `--backend ray` imports ray ----------------------------------
+
+SYNC_SECONDS = 2.0  # how often a task sends back what changed in its run directory
+NOT_SYNCED = ("stdout.log", "wall_s.txt")  # the driver's own files in a run dir, never sent to or from a task
+
+# Started in front of the script, in the task: ask Linux to send the script SIGTERM when the task's process dies
+# (PR_SET_PDEATHSIG, kept across exec), then become the script. The scripts stop on SIGTERM with their last
+# checkpoint on disk; without it an orphaned script would run on beside its own retry.
+PDEATHSIG_EXEC = """import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass  # not Linux: no parent-death signal
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(143)  # the task died before the signal was set up
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def code_bundle(root: str, skip: list[str]) -> tuple[bytes, str]:
+    """The repository as the scripts need it on a node: a zip of `root` without version control, virtual
+    environments, caches, run folders and the folders in `skip`, and its hash. The zip is the same bytes for the
+    same files (sorted, fixed dates), so a node unpacks it once however often the same code is sent."""
+    skip = {os.path.abspath(d) for d in skip}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for d, dirs, files in os.walk(root):
+            dirs[:] = sorted(x for x in dirs if not x.startswith(".") and x not in ("__pycache__", "venv", "runs",
+                             "videos") and os.path.abspath(os.path.join(d, x)) not in skip)
+            for name in sorted(files):
+                if name.endswith((".pyc", ".pt", ".tmp")):
+                    continue
+                path = os.path.join(d, name)
+                info = zipfile.ZipInfo(os.path.relpath(path, root), date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(path, "rb") as f:
+                    z.writestr(info, f.read())
+    data = buf.getvalue()
+    return data, hashlib.sha256(data).hexdigest()[:16]
+
+
+def file_sig(st) -> list:
+    """What tells a file's versions apart: inode (a rename over it makes a new one), size, modification time."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def changes_since(run_dir: str, sent: dict) -> tuple[dict, list]:
+    """What changed in run_dir since `sent` (name -> signature of what the driver has; updated here): a whole
+    file for a new or replaced one, only the new bytes for one that grew in place, and the names of files gone.
+    Checkpoint files (*.pt) are read first, so the logs read after them cover at least their iteration."""
+    names = []
+    for d, _, files in os.walk(run_dir):
+        names += [os.path.relpath(os.path.join(d, f), run_dir) for f in files if not f.endswith(".tmp")]
+    names = sorted((n for n in names if n not in NOT_SYNCED), key=lambda n: (not n.endswith(".pt"), n))
+    files = {}
+    for name in names:
+        try:
+            f = open(os.path.join(run_dir, name), "rb")
+        except OSError:  # removed meanwhile
+            continue
+        with f:
+            sig = file_sig(os.fstat(f.fileno()))
+            old = sent.get(name)
+            if old == sig:
+                continue
+            if old and old[0] == sig[0] and sig[1] > old[1] and not name.endswith(".pt"):
+                f.seek(old[1])
+                files[name] = ["append", old[1], f.read(sig[1] - old[1])]
+            else:
+                files[name] = ["write", f.read(sig[1])]
+            sent[name] = sig
+    present = set(names)
+    gone = [n for n in sent if n not in present]
+    for n in gone:
+        del sent[n]
+    return files, gone
+
+
+def apply_changes(run_dir: str, files: dict, gone: list) -> None:
+    """Write a task's changes into the driver's run dir: other files first, checkpoints last (each whole file by
+    an atomic rename), so that a driver killed in between still has logs covering its checkpoint."""
+    for name in gone:
+        if os.path.exists(os.path.join(run_dir, name)):
+            os.remove(os.path.join(run_dir, name))
+    for name in sorted(files, key=lambda n: (n.endswith(".pt"), n)):
+        path = os.path.join(run_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        change = files[name]
+        if change[0] == "write":
+            with open(path + ".tmp", "wb") as f:
+                f.write(change[1])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+            try:
+                os.pwrite(fd, change[2], change[1])
+                os.ftruncate(fd, change[1] + len(change[2]))
+            finally:
+                os.close(fd)
+
+
+def run_dir_files(run_dir: str, names=None) -> dict:
+    """The files of a run dir to start a task from (all but the driver's own and temporary ones, or `names`)."""
+    out = {}
+    for d, _, files in os.walk(run_dir):
+        for f in files:
+            name = os.path.relpath(os.path.join(d, f), run_dir)
+            if name in NOT_SYNCED or f.endswith(".tmp") or (names is not None and name not in names):
+                continue
+            with open(os.path.join(run_dir, name), "rb") as fh:
+                out[name] = fh.read()
+    return out
+
+
+def ray_task(code: bytes, code_hash: str, argv: list[str], key: str, token: str, mode: str, files: dict,
+             sent: dict, stdout_from: int, threads: int, timeout: float | None, sync_seconds: float):
+    """One run as a Ray task (a streaming generator). Yields first {"node", "host", "resume", "kept", "sent",
+    "tail"}, then {"files", "gone", "sigs", "stdout", "stdout_read"} with what changed, every `sync_seconds`, and
+    last {"rc", "seconds"}. `argv` is the script's command without the interpreter; its --run-dir value (the
+    driver's run dir) is replaced by the node-local run dir, and back again in the output sent to the driver.
+    `mode`: "fresh" (start from an empty run dir), "continue" (start from `files`, with --resume if they hold a
+    checkpoint.pt) or "retry": like "continue", but where an earlier try of the same run (`token`) left its run
+    dir on this node, keep it, since it is at least as new as `files` (the driver's copy, whose signatures there
+    are `sent`); its output after the first `stdout_from` bytes, which never reached the driver, is the "tail"."""
+    import fcntl
+
+    import ray
+
+    base = os.path.join(tempfile.gettempdir(), f"meta-rl-benchmarks-{os.getuid()}")
+    code_dir = os.path.join(base, "code", code_hash)
+    if not os.path.isdir(code_dir):  # unpack once per node; of two tasks doing it at once, one wins the rename
+        os.makedirs(os.path.dirname(code_dir), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(code_dir))
+        zipfile.ZipFile(io.BytesIO(code)).extractall(tmp)
+        try:
+            os.rename(tmp, code_dir)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    work = os.path.join(base, "runs", key)
+    os.makedirs(work, exist_ok=True)
+    lock = os.open(os.path.join(work, "lock"), os.O_CREAT | os.O_RDWR)
+    # One try at a time in this run dir: the lock is held by this task and by its script (which inherits it), so a
+    # retry waits here until both of an earlier try are gone, even when the script outlives its task.
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield from ray_try(work, lock, code_dir, argv, token, mode, files, sent, stdout_from, threads, timeout,
+                           sync_seconds)
+    finally:
+        os.close(lock)
+
+
+def ray_try(work: str, lock: int, code_dir: str, argv: list[str], token: str, mode: str, files: dict, sent: dict,
+            stdout_from: int, threads: int, timeout: float | None, sync_seconds: float):
+    """The part of `ray_task` that runs while holding the run's lock (see there)."""
+    import ray
+
+    run_dir, token_file, out_path = (os.path.join(work, n) for n in ("run", "token", "stdout.txt"))
+    driver_dir = argv[argv.index("--run-dir") + 1]
+
+    def as_driver(output: bytes) -> bytes:  # the script's output as a run in the driver's run dir prints it
+        return output.replace(run_dir.encode(), driver_dir.encode())
+
+    kept, tail = False, b""
+    if mode == "retry" and os.path.isdir(run_dir) and os.path.isfile(token_file):
+        with open(token_file) as f:
+            kept = f.read() == token
+    if kept and os.path.isfile(out_path):
+        with open(out_path, "rb") as f:
+            f.seek(stdout_from)
+            tail = as_driver(f.read())
+    if not kept:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.makedirs(run_dir)
+        for name, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(run_dir, name)), exist_ok=True)
+            with open(os.path.join(run_dir, name), "wb") as f:
+                f.write(data)
+        sent = {name: file_sig(os.stat(os.path.join(run_dir, name))) for name in files}
+        with open(token_file, "w") as f:
+            f.write(token)
+    ckpt = os.path.join(run_dir, "checkpoint.pt")
+    resume = mode != "fresh" and os.path.isfile(ckpt)
+    if not resume and os.listdir(run_dir):  # nothing to continue from: start over in an empty run dir
+        shutil.rmtree(run_dir)
+        os.makedirs(run_dir)
+        sent = {}
+    argv = list(argv)
+    argv[argv.index("--run-dir") + 1] = run_dir
+    argv += ["--resume", ckpt] if resume else []
+    yield {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "resume": resume,
+           "kept": kept, "sent": dict(sent), "tail": tail}
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    t0, rc, read = time.time(), None, 0
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", PDEATHSIG_EXEC, str(os.getpid()), sys.executable] + argv,
+                                cwd=code_dir, env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=(lock,))
+    try:
+        while rc is None:
+            try:
+                rc = proc.wait(timeout=sync_seconds)
+            except subprocess.TimeoutExpired:
+                if timeout is not None and time.time() - t0 > timeout:
+                    proc.kill()
+                    proc.wait()
+                    rc = "timeout"
+            changed, gone = changes_since(run_dir, sent)
+            with open(out_path, "rb") as f:  # whole lines while the script runs (a path is never cut in two)
+                f.seek(read)
+                stdout = f.read()
+            if rc is None:
+                stdout = stdout[:stdout.rfind(b"\n") + 1]
+            read += len(stdout)
+            if changed or gone or stdout:
+                yield {"files": changed, "gone": gone, "sigs": {n: sent[n] for n in changed},
+                       "stdout": as_driver(stdout), "stdout_read": read}
+    finally:  # this task failed or was cancelled while its script runs: the script must not run on without it
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+    seconds = time.time() - t0
+    shutil.rmtree(work, ignore_errors=True)  # everything is at the driver now; no other try can be in it (lock)
+    yield {"rc": rc, "seconds": seconds}
+
+
+def run_on_ray(args, jobs_to_run: list, resuming: list, tally: Tally, finished, lock, runs_root: str) -> None:
+    """Run every job as a Ray task (see the module docstring); `finished(job, status)` as each one ends, `lock`
+    held while printing."""
+    try:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    except ImportError:
+        raise SystemExit("error: --backend ray: the ray package is not installed (pip install -r requirements.txt)")
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=args.ray_address or "local", log_to_driver=False,
+                     **({} if args.ray_address else {"include_dashboard": False}))
+        except (ConnectionError, ray.exceptions.RayError) as e:
+            raise SystemExit(f"error: --ray-address {args.ray_address}: cannot connect ({type(e).__name__}); a "
+                             "cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token and its "
+                             "token here (~/.ray/auth_token or RAY_AUTH_TOKEN), or --ray-address auto on one of its "
+                             "nodes")
+    module = sys.modules.get(ray_task.__module__)
+    if module is not None and ray_task.__module__ != "__main__":  # workers cannot import this file by name
+        ray.cloudpickle.register_pickle_by_value(module)
+    code, code_hash = code_bundle(ROOT, [os.path.join(d, sub) for d in (args.out, os.path.join(ROOT, "benchmarks"))
+                                         for sub in ("runs", "results")])
+    code_ref = ray.put(code)
+    task = ray.remote(ray_task)
+    resources = {"num_cpus": args.cpus_per_run, "num_gpus": args.gpus_per_run, "max_retries": 0}  # retried here
+    cluster = ray.cluster_resources()
+    parallel = int(cluster.get("CPU", 0) // args.cpus_per_run)
+    if args.gpus_per_run > 0:
+        parallel = min(parallel, int(cluster.get("GPU", 0) // args.gpus_per_run))
+    print(f"{len(jobs_to_run)} runs on Ray ({cluster.get('CPU', 0):.0f} CPUs, {cluster.get('GPU', 0):.0f} GPUs: "
+          f"{parallel} at a time with {args.cpus_per_run} CPU(s)"
+          + (f" and {args.gpus_per_run:g} GPU(s)" if args.gpus_per_run else "")
+          + f" per run); logs in {runs_root}/<variant>__seed<S>/stdout.log", flush=True)
+    if parallel == 0:
+        print("warning: no node of the cluster has the CPUs / GPUs one run asks for: the runs wait until one joins",
+              flush=True)
+    tally.parallel, generators = max(parallel, 1), {}
+
+    def say(text):
+        with lock:
+            print(text, flush=True)
+
+    def work_or_fail(job):
+        try:
+            work(job)
+        except Exception as e:  # a fault of this runner, not of the run: report it and go on with the others
+            say(f"  {job[0]} seed {job[1]}: runner error {type(e).__name__}: {e}")
+            finished(job, {"rc": f"runner error ({type(e).__name__})", "wall_s": 0.0})
+
+    def work(job):
+        label, seed, run_dir, cmd = job
+        os.makedirs(run_dir, exist_ok=True)
+        seg_file, log_path = os.path.join(run_dir, "wall_s.txt"), os.path.join(run_dir, "stdout.log")
+        mode = "continue" if job in resuming else "fresh"
+        segments = read_segments(seg_file, log_path) if mode == "continue" else []
+        key = f"{args.name}__{label}__seed{seed}-" + hashlib.sha256(
+            f"{socket.gethostname()}:{os.path.abspath(run_dir)}".encode()).hexdigest()[:12]
+        token, sent, node, tries, stdout_read, died = uuid.uuid4().hex, {}, None, 0, 0, ""
+        files = run_dir_files(run_dir) if mode == "continue" else {}
+        while True:
+            options = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
+            options.update(resources)
+            sent_before = dict(sent)
+            gen = task.options(**options).remote(code_ref, code_hash, cmd[1:], key, token, mode, files, sent,
+                                                 stdout_read, args.cpus_per_run, args.timeout, SYNC_SECONDS)
+            generators[(label, seed)] = gen
+            t0 = t_last = None
+            result = None
+            try:
+                for ref in gen:
+                    item = ray.get(ref)
+                    t_last = time.time()
+                    if "node" in item:  # the task has started on a node
+                        t0, node, sent = t_last, item["node"], item["sent"]
+                        tally.started((label, seed))
+                        if tries and not item["resume"]:  # the retry starts over: so does the run dir
+                            for name in set(sent_before) - set(sent):
+                                if os.path.exists(os.path.join(run_dir, name)):
+                                    os.remove(os.path.join(run_dir, name))
+                        header = cmd + ["--resume", os.path.join(run_dir, "checkpoint.pt")] if item["resume"] else cmd
+                        with open(log_path, "w" if mode == "fresh" else "a") as log:
+                            log.write(item["tail"].decode(errors="replace") + died
+                                      + " ".join(shlex.quote(c) for c in header) + "\n")
+                        died, stdout_read = "", 0
+                        write_segments(seg_file, segments + [f"open {t0:.1f}"])
+                        if tries:
+                            say(f"  {label} seed {seed}: retry started on {item['host']}, "
+                                + ("from the checkpoint its first try left on that node" if item["kept"] else
+                                   "from the checkpoint sent back" if item["resume"] else "from the start"))
+                    elif "rc" in item:
+                        result = item
+                    else:
+                        apply_changes(run_dir, item["files"], item["gone"])
+                        for name in item["gone"]:
+                            sent.pop(name, None)
+                        sent.update(item["sigs"])  # the task's view of what the driver has, for a retry there
+                        if item["stdout"]:
+                            with open(log_path, "ab") as log:
+                                log.write(item["stdout"])
+                        stdout_read = item["stdout_read"]
+            except ray.exceptions.RayError as e:
+                error = type(e).__name__
+            else:
+                error = None if result is not None else "no result"
+            if t0 is not None:
+                segments.append(round((result["seconds"] if result else t_last - t0), 1))
+                write_segments(seg_file, segments)
+            if error is None:
+                r = {"rc": result["rc"], "wall_s": round(sum(segments), 1)}
+                break
+            died += f"[benchmarks/run.py] the Ray task running this died ({error})\n"
+            if tries == 1:
+                say(f"  {label} seed {seed}: its Ray task died again ({error}); giving up on this run")
+                with open(log_path, "a") as log:
+                    log.write(died)
+                r = {"rc": f"task died ({error})", "wall_s": round(sum(segments), 1)}
+                break
+            tries = 1
+            if t0 is not None:
+                mode = "retry"
+            has_ckpt = os.path.isfile(os.path.join(run_dir, "checkpoint.pt")) and (
+                mode == "continue" or "checkpoint.pt" in sent)
+            say(f"  {label} seed {seed}: its Ray task died ({error}); retrying once from its last checkpoint"
+                + ("" if has_ckpt else " (none has come back yet: from the start unless the node kept one)"))
+            files = run_dir_files(run_dir, None if mode == "continue" else set(sent))
+        if len(segments) > 1:
+            r["segments"] = len(segments)
+        finished(job, r)
+
+    threads = [threading.Thread(target=work_or_fail, args=(job,), daemon=True) for job in jobs_to_run]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=1.0)
+    except KeyboardInterrupt:  # stop the tasks; the run dirs keep what was sent back, for --resume-unfinished
+        for gen in generators.values():
+            try:
+                ray.cancel(gen, force=True)
+            except Exception:
+                pass
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def main(argv=None):
     args = parse_args(argv)
     runs_root = os.path.join(args.out, "runs", args.name)
@@ -304,21 +790,28 @@ def main(argv=None):
         if resuming:
             print(f"continuing {len(resuming)} cut-off run(s) from their checkpoint: "
                   + ", ".join(f"{l} seed {s}" for l, s, _, _ in resuming))
-        print(f"{len(jobs_to_run)} runs, {args.workers} at a time; logs in {runs_root}/<variant>__seed<S>/stdout.log")
         t0 = time.time()
+        tally, lock = Tally(len(jobs_to_run), args.workers), threading.Lock()
 
-        lock = threading.Lock()
-
-        def work(job):
-            label, seed, run_dir, cmd = job
-            r = run_one(cmd, run_dir, args.timeout, resume=job in resuming)
-            print(f"  {label} seed {seed}: exit {r['rc']} after {r['wall_s']:.0f} s", flush=True)
+        def finished(job, r):
+            label, seed = job[0], job[1]
             with lock:  # every finished run goes into the results file at once: an interruption keeps it
                 status[(label, seed)] = r
+                tally.finished((label, seed), label, seed, r)
                 write_results(args, jobs, status, out, final=False)
 
-        with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(work, jobs_to_run))
+        if args.backend == "ray" and jobs_to_run:
+            run_on_ray(args, jobs_to_run, resuming, tally, finished, lock, runs_root)
+        else:
+            print(f"{len(jobs_to_run)} runs, {args.workers} at a time; "
+                  f"logs in {runs_root}/<variant>__seed<S>/stdout.log")
+
+            def work(job):
+                tally.started((job[0], job[1]))
+                finished(job, run_one(job[3], job[2], args.timeout, resume=job in resuming))
+
+            with ThreadPoolExecutor(args.workers) as pool:
+                list(pool.map(work, jobs_to_run))
         print(f"all runs finished in {time.time() - t0:.0f} s")
 
     write_results(args, jobs, status, out, final=True)

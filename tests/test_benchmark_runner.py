@@ -3,7 +3,9 @@
 import importlib.util
 import json
 import os
+import re
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -196,3 +198,45 @@ def test_plot_only_keeps_each_runs_status_as_the_results_file_has_it(tmp_path):
     with open(path) as f:
         seed1 = json.load(f)["variants"]["hfr"]["seeds"]["1"]
     assert seed1["rc"] == 0 and seed1["wall_s"] == 12.0 and "reused" not in seed1 and seed1["evals"] == EVALS
+
+
+def test_each_finished_run_prints_a_line_and_k_of_n_with_an_eta(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "fake.py").write_text(FAKE_SCRIPT)
+    monkeypatch.setattr(bench_run, "ROOT", str(tmp_path))
+    bench_run.main(["fake.py", "--env", "e", "--name", "p", "--seeds", "1", "2", "3", "--out", str(tmp_path / "b")])
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(bool(re.fullmatch(r"  default seed \d: exit 0 after \d+ s", x)) for x in lines) == 3
+    assert sum(bool(re.fullmatch(r"[12] of 3 runs finished, ETA \d+:\d\d:\d\d", x)) for x in lines) == 2
+    assert "3 of 3 runs finished" in lines
+
+
+def test_eta_runs_the_waiting_runs_in_the_first_free_slots():
+    # mean 100 s, 2 at a time: one run 50 s in (ends in 50 s), one slot free; two runs wait: 0-100 and 50-150
+    assert bench_run.eta_seconds(100.0, [50.0], 2, 2) == 150.0
+    assert bench_run.eta_seconds(100.0, [130.0, 10.0], 0, 2) == 90.0  # over the mean: "any moment now"
+    assert bench_run.eta_seconds(100.0, [], 5, 2) == 300.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ray-address", "auto"], "--ray-address: only with --backend ray"),
+    (["--cpus-per-run", "2", "--gpus-per-run", "1"], "--cpus-per-run, --gpus-per-run: only with --backend ray"),
+    (["--backend", "ray", "--workers", "4"], "--workers: only with --backend local"),
+    (["--backend", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be >= 1"),
+    (["--backend", "ray", "--gpus-per-run", "-1"], "--gpus-per-run -1: must be >= 0"),
+])
+def test_backend_flags_that_do_not_fit_are_one_line_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_run.parse_args(["hfr.py", "--env", "four-corners", "--name", "x"] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_local_backend_never_imports_ray(tmp_path):
+    (tmp_path / "fake.py").write_text(FAKE_SCRIPT)
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('r', {bench_run.__file__!r}); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.ROOT = sys.argv[1]; "
+            "m.plot = lambda *a: None; m.main(['fake.py', '--env', 'e', '--name', 'n', '--seeds', '1', '--out', "
+            "sys.argv[1]]); assert 'ray' not in sys.modules, 'ray imported'")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

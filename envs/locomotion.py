@@ -21,17 +21,9 @@ rewrites the defaults, so rollouts are bit-identical again. Size changes (hopper
 compiler derives from a geom's size (geom_size, geom_rbound, geom_aabb, bvh_aabb, body_mass, body_inertia,
 body_ipos, body_iquat) from a model compiled once per size with `mujoco.MjSpec` (cached per process).
 
-Speed: our layer must add at most 15% to the raw gymnasium step. Measured with
-    OMP_NUM_THREADS=1 python -m envs.locomotion --bench
-(`_bench` below: 20,000 random-action steps, `step` alone timed, resets every 100 steps or at termination outside
-the timed loops, best of 5 interleaved runs; raw = `gymnasium.make(id)` with its default wrappers, ours =
-`envs.make(name)`), on the shared 2-vCPU machine under load (load average 5-7, so absolute times are about 2-3x an
-idle machine's; the ratios are the point), mujoco 3.3.0:
-    HalfCheetah-v5  84.2 us/step   cheetah-vel  86.5 us/step   (+3%)
-    Ant-v5         651.5 us/step   ant-goal    628.2 us/step   (-4%)
-    Hopper-v5      359.5 us/step   hopper-size 246.9 us/step   (-31%: v5 adds health checks and info dicts)
-An earlier idle-machine run (resets inside the timing): HalfCheetah-v5 41.2, cheetah-vel 44.5 us/step (+8%).
-We skip mj_rnePostConstraint where no contact force is observed (v5 always calls it) and build no info dicts.
+Speed: our layer must add at most 15% to the raw gymnasium step; `OMP_NUM_THREADS=1 python -m envs.locomotion
+--bench` compares the two (`_bench` below). We skip mj_rnePostConstraint where no contact force is observed (v5
+always calls it) and build no info dicts.
 """
 
 from __future__ import annotations
@@ -69,6 +61,7 @@ class LocomotionEnv(TaskEnv, MujocoEnv):
     velocity_noise_uniform = False
     metadata = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 20}
     camera_config: dict | None = None  # the v5 env's DEFAULT_CAMERA_CONFIG, so videos look like gymnasium's
+    timestep: float | None = None      # overrides the XML's <option timestep> (the authors' model used another)
 
     def __init__(self, seed: int = 0, horizon: int | None = None, n_train_tasks: int | None = None,
                  n_test_tasks: int | None = None, render_mode: str | None = None, width: int = 480,
@@ -82,7 +75,8 @@ class LocomotionEnv(TaskEnv, MujocoEnv):
         if self.horizon <= 0:
             raise ValueError(f"{self.name}: horizon must be positive, got {self.horizon}")
         self._dt = self.dt
-        self._action_mask = None  # set by families whose task masks / negates actuators
+        self._action_mask = None  # set by families whose task masks / negates actuators (or scales actions)
+        self._ctrl_offset = None  # ctrl = a * mask + offset: families whose ctrlrange is not centred on 0
         train, test = self._task_lists()
         self.train_tasks = _first(train, n_train_tasks, "n_train_tasks", self.name)
         self.test_tasks = _first(test, n_test_tasks, "n_test_tasks", self.name)
@@ -90,6 +84,12 @@ class LocomotionEnv(TaskEnv, MujocoEnv):
         self._t = 0
         self._obs = None
         self.np_random, _ = gym.utils.seeding.np_random(seed)
+
+    def _initialize_simulation(self):
+        model, data = super()._initialize_simulation()
+        if self.timestep is not None:
+            model.opt.timestep = self.timestep
+        return model, data
 
     # ------------------------------------------------------------------ what a family defines
     def _task_lists(self) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +123,8 @@ class LocomotionEnv(TaskEnv, MujocoEnv):
         obs = self._obs
         if obs is None:
             raise RuntimeError(f"{self.name}: call reset() before step()")
-        self.data.ctrl[:] = a if self._action_mask is None else a * self._action_mask
+        ctrl = a if self._action_mask is None else a * self._action_mask
+        self.data.ctrl[:] = ctrl if self._ctrl_offset is None else ctrl + self._ctrl_offset
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         if self.needs_contact_forces:
             mujoco.mj_rnePostConstraint(self.model, self.data)

@@ -1,4 +1,4 @@
-"""2-D point-mass task families: numpy only, 10-20 microseconds a step, the workhorses of the test suite.
+"""2-D point-mass task families: numpy only, the workhorses of the test suite.
 
     point-robot         PEARL's dense navigation (goal in [-1, 1]^2, reward -L2)
     sparse-point-robot  PEARL's sparse navigation (goal on the upper unit semicircle, radius 0.2)
@@ -19,11 +19,7 @@ Shared by every family here:
   * task lists are fixed by a reference seed, independent of the env seed; the env seed (constructor or
     `reset(seed=...)`) drives only start states and action noise.
 
-Random-action speed of one env, resets included (`OMP_NUM_THREADS=1 python -m envs.point`: steps per second
-of process CPU time, best of 5 runs of 5,000 steps; median of 3 such measurements on the 2-core development
-machine under a load average of ~6, numpy 2.4.6, Python 3.11):
-    point-robot 107k   sparse-point-robot 77k   four-corners 90k   point-reacher 64k   point-trajectory 78k
-    four-rooms 58k (its sub-step wall checks run only when a move's swept box touches a wall or the border)
+Random-action steps per second of each family: `OMP_NUM_THREADS=1 python -m envs.point` (`_speed` below).
 """
 
 from __future__ import annotations

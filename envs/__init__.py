@@ -7,9 +7,15 @@
     next_obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     r, d = env.evaluate(obs, action, next_obs, env.test_tasks)   # any task, vectorized
 
-The TaskEnv protocol (../DESIGN.md) is the `TaskEnv` base class below. Every family in
-`point.py`, `locomotion.py` (and its robot files) and `sawyer.py` subclasses it. Each name is also registered
-with gymnasium as `metarl/<name>` so `gymnasium.make("metarl/point-robot")` works.
+The TaskEnv protocol is the `TaskEnv` base class below. Every family in `point.py`, `locomotion.py` (and its
+robot files), `visual_reacher.py`, `dm_suite.py`, `fetch.py` and `sawyer.py` subclasses it.
+
+Each name is also registered with gymnasium as `metarl/<name>`, when this package is imported. Gymnasium 1.x
+loads no plugins through package entry points, so with no `import envs` in your program name the module in the
+id and gymnasium imports it for you (run from the repository root, or with it on PYTHONPATH):
+
+    gymnasium.make("envs:metarl/point-robot")      # works in a fresh interpreter
+    gymnasium.make("metarl/point-robot")           # works once `import envs` has run
 """
 
 from __future__ import annotations
@@ -32,9 +38,13 @@ NO_OPENGL = not os.environ.get("DISPLAY") and "MUJOCO_GL" not in os.environ  # h
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["TaskEnv", "make", "names", "family_module", "DelayedReward", "save_video"]
+__all__ = ["TaskEnv", "make", "names", "family_module", "DelayedReward", "save_video", "MissingDependency"]
 
 VARIES = ("reward", "dynamics", "reward+dynamics")
+
+
+class MissingDependency(ValueError):
+    """`make` of a family that needs a package requirements.txt does not install (the message names it)."""
 
 
 class TaskEnv(gym.Env):
@@ -51,6 +61,8 @@ class TaskEnv(gym.Env):
       action_space  Box(-1, 1); the family rescales to its physical range
       observation_space  float32 Box; the layout is documented in the family's docstring
       needs_opengl  True when `render` goes through MuJoCo's OpenGL renderer (class attribute, default False)
+      renders_observations  True when the observations themselves are rendered images (they need OpenGL for
+                    reset and step, not only for `render`; class attribute, default False)
     and implement `sample_tasks`, `evaluate`, `_apply_task`, `reset`, `step`.
 
     Rules that keep relabeling honest:
@@ -68,9 +80,14 @@ class TaskEnv(gym.Env):
       reward_features(obs, action, next_obs) -> (..., n_features)
           families whose reward is linear in the task: reward == (reward_features(...) * task).sum(-1) exactly
           (that sum, not `@`, whose different summation order can differ in the last bit)
+      image_shape, state_dim
+          families whose observation ends with an image (visual-reacher): obs[..., state_dim:] is the image,
+          channel-first `image_shape` = (C, H, W), flattened, values in [0, 1]; obs[..., :state_dim] is the
+          proprioceptive part the reward reads, which an agent learning from pixels must not be given
     """
 
     needs_opengl = False
+    renders_observations = False
 
     task_dim: int
     varies: str
@@ -164,6 +181,19 @@ _FAMILIES: dict[str, str] = {
     "ant-dir-sparse": "envs.ant:AntDirSparse",
     "walker-linear": "envs.hopper_walker:WalkerLinear",
     "cheetah-highdim": "envs.cheetah:CheetahHighdim",
+    "hopper-rand-params": "envs.hopper_walker:HopperRandParams",
+    "walker-rand-params": "envs.hopper_walker:WalkerRandParams",
+    "humanoid-dir": "envs.humanoid:HumanoidDir",
+    "humanoid-dir-sparse": "envs.humanoid:HumanoidDirSparse",
+    # image observations (MuJoCo Reacher rendered offscreen)
+    "visual-reacher": "envs.visual_reacher:VisualReacher",
+    # HIPI's dm_control goal-reaching tasks (dm_control's suite models on plain MuJoCo)
+    "dm-reacher": "envs.dm_suite:DMReacher",
+    "dm-reacher-discrete": "envs.dm_suite:DMReacherDiscrete",
+    "dm-finger": "envs.dm_suite:DMFinger",
+    "dm-quadruped": "envs.dm_suite:DMQuadruped",
+    # Fetch reach (gymnasium-robotics' Fetch model; needs gymnasium-robotics, not in requirements.txt)
+    "fetch-reach": "envs.fetch:FetchReach",
     # Sawyer manipulation families (Meta-World's Sawyer model)
     "sawyer-push": "envs.sawyer:SawyerPush",
     "sawyer-push-dense": "envs.sawyer:SawyerPushDense",
@@ -195,7 +225,9 @@ def _check_name(name: str) -> None:
 def make(name: str, seed: int = 0, **overrides) -> TaskEnv:
     """Build family `name`, its RNG seeded with `seed`. `overrides` go to the family's constructor
     (e.g. `horizon=50`, `n_train_tasks=10`, `render_mode="rgb_array"`); `reward_delay=D` wraps the env in
-    `DelayedReward(env, D)`. The first task of `train_tasks` is set."""
+    `DelayedReward(env, D)`. The first task of `train_tasks` is set. A family over a package that
+    requirements.txt does not install (fetch-reach: gymnasium-robotics) raises `MissingDependency` (a
+    ValueError, one line) when the package is missing."""
     _check_name(name)
     module, factory = _FAMILIES[name].split(":")
     cls = getattr(importlib.import_module(module), factory)
@@ -215,16 +247,22 @@ def make(name: str, seed: int = 0, **overrides) -> TaskEnv:
 
 
 def save_video(frames, path: str, fps: int = 20) -> str:
-    """Write `frames` (a list of HxWx3 uint8 arrays from `env.render()`) as an animated GIF at `path`.
+    """Write `frames` (a list of HxWx3 uint8 arrays from `env.render()`) as an animated GIF at `path`, each frame
+    shown 1000 / fps milliseconds, looping.
 
-    GIF needs no video codec (imageio writes it through Pillow, both installed with gymnasium[mujoco]), so
-    `--capture-video` works on any machine; the scripts call this instead of importing a video library."""
-    import imageio.v2 as imageio
+    GIF needs no video codec (Pillow writes it; it comes with gymnasium[mujoco]), so `--capture-video` works on
+    any machine; the scripts call this instead of importing a video library. Pillow is called directly because
+    the meaning of imageio's `duration` changed in imageio 2.28 from seconds to milliseconds (given seconds,
+    every frame was 0 ms). GIF stores durations in hundredths of a second: 30 fps gives 30 ms frames."""
+    from PIL import Image
 
     if not path.endswith(".gif"):
         path += ".gif"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    imageio.mimsave(path, [np.asarray(f, dtype=np.uint8) for f in frames], duration=1.0 / fps, loop=0)
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    if not images:
+        raise ValueError("save_video: no frames to write")
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path
 
 

@@ -269,3 +269,84 @@ def test_rgb_array_render():
     img = env.render()
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and img.std() > 0
     env.close()
+
+
+# ------------------------------------------------------------------------------------------ PEARL rand-params
+@pytest.mark.parametrize("name, xml, frame_skip", [("hopper-rand-params", "hopper.xml", 4),
+                                                    ("walker-rand-params", "walker2d.xml", 5)])
+def test_rand_params_scale_the_authors_four_arrays(name, xml, frame_skip):
+    env = envs.make(name)
+    m = env.unwrapped.model
+    ref = mujoco.MjModel.from_xml_path(env.unwrapped.fullpath)
+    assert env.unwrapped.fullpath.endswith(xml) and m.opt.timestep == 0.004 and env.unwrapped.dt == 0.004 * frame_skip
+    fields = [("body_mass", 1.5), ("body_inertia", 1.5), ("dof_damping", 1.3), ("geom_friction", 1.5)]
+    assert env.task_dim == sum(getattr(ref, f).size for f, _ in fields)
+    for task in (env.train_tasks[3], env.test_tasks[0]):
+        env.set_task(task)
+        i = 0
+        for f, base in fields:
+            default = getattr(ref, f)
+            mult = task[i: i + default.size].reshape(default.shape)
+            i += default.size
+            np.testing.assert_array_equal(getattr(m, f), default * mult, err_msg=f)
+            assert (mult >= base ** -3 - 1e-12).all() and (mult <= base ** 3 + 1e-12).all(), f
+    tasks = np.r_[env.train_tasks, env.test_tasks]
+    assert len({tuple(t) for t in tasks}) == 50
+    # the multipliers of one field spread over the whole range (log-uniform draws)
+    u = np.log(tasks[:, : ref.nbody]) / np.log(1.5)
+    assert u.min() < -2.5 and u.max() > 2.5
+
+
+def test_rand_params_rewards_and_terminations_by_hand():
+    hopper = envs.make("hopper-rand-params")
+    d = steps(hopper, 30)
+    v = (np.float32(d["qpos1"][:, 0]).astype(np.float64) - np.float32(d["qpos0"][:, 0])) / 0.016
+    a = np.clip(d["act"].astype(np.float64), -1, 1)
+    np.testing.assert_allclose(d["rew"], v + 1 - 1e-3 * np.sum(a ** 2, -1), rtol=1e-12)
+    assert d["term"][-1] and not d["term"][:-1].any()  # random actions topple it within 30 steps
+    obs = np.zeros((5, 12), np.float32)
+    obs[:, 1] = 1.25
+    obs[1, 1] = 0.69          # too low
+    obs[2, 2] = 0.21          # torso tilted
+    obs[3, 4] = 150.0         # a joint angle out of bounds
+    obs[4, 8] = 10.0          # velocities are clipped: no termination
+    _, term = hopper.evaluate(obs, np.zeros((5, 3)), obs, hopper.task)
+    np.testing.assert_array_equal(term, [False, True, True, True, False])
+    walker = envs.make("walker-rand-params")
+    obs = np.zeros((5, 18), np.float32)
+    obs[:, 1] = 1.25
+    obs[1, 1], obs[2, 1], obs[3, 2], obs[4, 2] = 0.79, 2.01, 1.01, -0.99
+    _, term = walker.evaluate(obs, np.zeros((5, 6)), obs, walker.task)
+    np.testing.assert_array_equal(term, [False, True, True, True, False])
+
+
+# ------------------------------------------------------------------------------------------ humanoid direction
+def test_humanoid_dir_reward_by_hand():
+    env = envs.make("humanoid-dir")
+    u = env.unwrapped
+    mass = u.model.body_mass[:, None]
+    d = steps(env, 15, seed=2)
+    obs, nxt = d["obs"].astype(np.float64), d["next_obs"].astype(np.float64)
+    t = env.task[0]
+    assert np.array_equal(u.data.ctrl, 0.4 * np.clip(d["act"][-1].astype(np.float64), -1, 1))
+    a = np.clip(d["act"].astype(np.float64), -1, 1)
+    lin = 0.25 * ((nxt[:, 0] - obs[:, 0]) * np.cos(t) + (nxt[:, 1] - obs[:, 1]) * np.sin(t)) / 0.003
+    impact = np.minimum(5e-7 * np.sum(nxt[:, 294:] ** 2, -1), 10)
+    np.testing.assert_allclose(d["rew"], lin - 0.1 * np.sum((0.4 * a) ** 2, -1) - impact + 5, rtol=1e-12)
+    assert (nxt[:, 294:] != 0).any(), "contact forces must be computed"
+    com = (mass * u.data.xipos).sum(0)[:2] / mass.sum()
+    np.testing.assert_allclose(d["next_obs"][-1, :2], com, rtol=1e-6)
+    np.testing.assert_array_equal(d["term"], (nxt[:, 2] < 1) | (nxt[:, 2] > 2))
+
+
+def test_humanoid_dir_sparse_cone():
+    env = envs.make("humanoid-dir-sparse")
+    obs = np.zeros((3, 378), np.float32)
+    obs[:, 2] = 1.4
+    nxt = obs.copy()
+    # 1 m/s along 0 rad; along 0.3 rad (17 deg, outside the 15 deg cone); standing still
+    nxt[:, 0:2] = [[0.015, 0.0], [0.015 * math.cos(0.3), 0.015 * math.sin(0.3)], [0.0, 0.0]]
+    r, term = env.evaluate(obs, np.zeros((3, 17)), nxt, np.array([0.0]))
+    assert r[0] == pytest.approx(1.25 * f32(0.015) / 0.015 + 5) and r[1] == 5.0 and r[2] == 5.0
+    assert not term.any()
+    np.testing.assert_allclose(env.test_tasks[:, 0], np.linspace(-np.pi, np.pi, 25, endpoint=False) + np.pi / 25)

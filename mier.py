@@ -1,33 +1,38 @@
 """MIER: Model Identification and Experience Relabeling (and MIER-wR, without relabeling).
 
 Paper: R. Mendonca*, X. Geng*, C. Finn, S. Levine, "Meta-Reinforcement Learning Robust to Distributional Shift
-via Model Identification and Experience Relabeling" (2020). Numbering used in the comments:
+via Model Identification and Experience Relabeling" (2020), arXiv:2006.07178. Authors' code:
+russellmendonca/mier_public (TensorFlow 1). The paper numbers no equations; the comments name them:
   Eq. A   an adaptation step A_MAML (Sec. 2): phi_T = phi - alpha grad_phi E_{D_adapt}[-log p(s', r | s, a; theta, phi)]
   Eq. J   the model meta-loss (Sec. 2):        J(theta, phi) = E_{D_eval}[-log p(s', r | s, a; theta, phi_T)]
   Eq. R   Relabel(D, theta, phi_T) (Sec. 3):   s in D; a ~ pi(a | s, phi_T); (s', r) ~ p(s', r | s, a; theta, phi_T)
   Alg. 1  Model Identification Meta-Training;  Alg. 2  Experience Relabeling Adaptation.
 
 A Gaussian model p(s', r | s, a; theta, phi) predicts [r, s' - s] from [s, a, phi], phi a small latent context.
-Adapting to a task changes ONLY phi, by gradient steps on the model's negative log-likelihood (Eq. A); theta and
-phi's initialization are meta-trained through those steps on a second batch (Eq. J, second order). SAC on
+Adapting to a task changes ONLY phi, by gradient steps on the model's negative log-likelihood (Eq. A) from the
+initial context phi_0; theta and phi_0 are meta-trained through those steps on a second batch (Eq. J, second
+order; --no-learn-context-init keeps phi_0 = 0, as the authors' code). SAC on
 [s, phi_T] learns from all tasks' data, each with its adapted context (Alg. 1): that alone is MIER-wR. At meta-test
 time MIER adapts phi further and keeps training SAC for the test task on meta-training transitions relabeled by
 the adapted model (Eq. R, Alg. 2): the reward only for reward shifts, one-step model rollouts for dynamics shifts.
 
-Defaults follow the authors' configs (configs/default.py, configs/envs/ood/*.json, configs/exps/mier-*.json);
-see docs/mier.md for every deviation. Reproduce the paper's extrapolation comparison (Fig. 3) at full size:
+Defaults follow the authors' configs (mier_public configs/default.py, configs/envs/ood/*.json,
+configs/exps/mier-*.json); docs/mier.md lists every deviation. The paper's extrapolation comparison (Fig. 3):
     python mier.py --env cheetah-vel-ood-hard --no-relabel     # MIER-wR
     python mier.py --env cheetah-vel-ood-hard --relabel        # MIER (same meta-training, then Alg. 2)
-and the reduced versions this CPU can run: benchmarks/mier.md.
+and the reduced versions a 2-core CPU can run: benchmarks/mier.md.
 """
 
+import contextlib
 import copy
+import io
 import json
 import os
 import signal
+import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -59,7 +64,7 @@ class Args:
     num_epochs: Optional[int] = None
     """meta-training epochs (authors: num_train_epochs)"""
     resume: Optional[str] = None
-    """path of a checkpoint.pt to continue from (networks, optimizers, buffers, epoch, RNG state)"""
+    """a checkpoint.pt (or its run directory) to continue from; the run's own arguments are restored"""
     run_dir: Optional[str] = None
     """output folder (default runs/{env}__{exp_name}__{seed}__{unix time}; on --resume, the checkpoint's folder)"""
     relabel: bool = True
@@ -90,7 +95,7 @@ class Args:
     model_layers: int = 4
     """model hidden layers"""
     model_lr: float = 1e-3
-    """Adam learning rate of the outer loop (theta, log-variance bounds, phi_0)"""
+    """Adam learning rate of the outer loop (theta, log-variance bounds; phi_0 with --learn-context-init)"""
     inner_steps: int = 2
     """gradient steps on phi in the inner loop (Eq. A applied this many times)"""
     inner_lr: float = 0.01
@@ -98,7 +103,7 @@ class Args:
     grad_clip: float = 10.0
     """norm clip of each task's inner gradient and of each outer gradient tensor"""
     learn_context_init: bool = True
-    """meta-learn phi_0 with theta (the paper); --no-learn-context-init keeps phi_0 = 0 (the authors' code)"""
+    """meta-learn phi_0 with theta (Sec. 2's 'context vector initialization'); off: phi_0 = 0, as the authors' code"""
     first_order: bool = False
     """drop the second-order terms of the meta-gradient (first-order MAML); faster, not the paper's method"""
     # SAC on [s, phi_T]
@@ -146,29 +151,12 @@ class Args:
     """test-time adaptation data: this fraction adapts, the rest measures the adapted model (relabel/model_val_nll)"""
 
 
-# The authors' per-env configs: configs/default.py overridden by configs/envs/{benchmarks,ood}/<env>.json.
-PAPER = dict(num_epochs=400, initial_repeats=5, tasks_per_epoch=5, steps_prior=400, steps_posterior=600,
-             train_steps=1000, adapt_batch=200, context_dim=5, sac_hidden="300,300,300", sac_steps_per_epoch=1000,
-             context_steps=10, finetune_steps=100)
-ENV_DEFAULTS = {
-    "cheetah-vel-ood-hard": {},  # ood/cheetah-vel-hard.json
-    "cheetah-vel-ood-medium": {},  # ood/cheetah-vel-medium.json
-    "cheetah-vel": {},  # benchmarks/cheetah-vel.json (in distribution)
-    "ant-dir-ood": dict(num_epochs=600, adapt_batch=400, sac_hidden="256,256", sac_steps_per_epoch=50,
-                        context_steps=20, finetune_steps=0),
-    "cheetah-negated-joints": dict(context_dim=10, adapt_batch=400, sac_hidden="256,256", finetune_steps=0),
-    "ant-negated-joints": dict(num_epochs=600, sac_hidden="256,256", finetune_steps=0),
-    # Not in the paper: a cheap reward-shift family (dense goal reward) for smoke tests of the mechanics.
-    "point-robot": dict(num_epochs=50, steps_prior=100, steps_posterior=100, train_steps=100, adapt_batch=50,
-                        sac_hidden="64,64", sac_steps_per_epoch=100, context_steps=10, finetune_steps=0),
-}
-SUPPORTED = tuple(ENV_DEFAULTS)
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# ALGO LOGIC: the model p(s', r | s, a; theta, phi) and its adaptation (Sec. 2)
+# Networks: the model p(s', r | s, a; theta, phi) (Sec. 2) and SAC on [s, phi] (softlearning's SAC: twin Q,
+# target Q, automatic temperature)
 class DynamicsModel(nn.Module):
-    """Gaussian over [r, s' - s] given [s, a, phi]; `context` is phi_0, the (meta-learned) pre-adaptation phi."""
+    """Gaussian over [r, s' - s] given [s, a, phi]; `context` is phi_0, the pre-adaptation phi (zero, and
+    meta-learned only with learn_context_init)."""
 
     def __init__(self, obs_dim, act_dim, context_dim, hidden, layers, learn_context_init=True):
         super().__init__()
@@ -200,50 +188,6 @@ class DynamicsModel(nn.Module):
         return y[..., 0], obs + y[..., 1:]
 
 
-def nll(model, batch, context):
-    """-log p(s', r | s, a; theta, phi) per task (up to constants), shape (...,) for a batch (..., B, .). As the
-    authors: reward and state terms each averaged, summed, + 0.01 (sum max_logvar - sum min_logvar) (tight bounds)."""
-    obs, act, rew, next_obs = batch
-    mean, logvar = model(obs, act, context)
-    target = torch.cat([rew.unsqueeze(-1), next_obs - obs], -1)
-    per_output = (mean - target) ** 2 * torch.exp(-logvar) + logvar
-    loss = per_output[..., 0].mean(-1) + per_output[..., 1:].mean((-1, -2))
-    return loss + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
-
-
-def adapt(model, batch, lrs, clip, create_graph):
-    """Eq. A once per entry of `lrs`, for T tasks at once: batch (T, B, .) -> adapted contexts phi_T (T, d).
-
-    phi is one row per task and the loss is the SUM of the tasks' losses, so row t of one autograd.grad is exactly
-    task t's own gradient (tasks share no terms): the whole meta-batch adapts in one backward pass.
-    create_graph=True keeps the graph of every step, so the outer loss differentiates through them (second order).
-    """
-    phi = model.context.expand(batch[0].shape[0], -1)
-    if not phi.requires_grad:  # phi_0 frozen (--no-learn-context-init): the inner loop still differentiates phi
-        phi = phi.detach().requires_grad_()
-    for lr in lrs:
-        (grad,) = torch.autograd.grad(nll(model, batch, phi).sum(), phi, create_graph=create_graph)
-        grad = grad * (clip / grad.norm(dim=-1, keepdim=True).clamp_min(clip))  # per-task clip_by_norm
-        phi = phi - lr * grad
-    return phi
-
-
-def meta_update(model, optimizer, adapt_batch, eval_batch, args):
-    """One outer step of Alg. 1 (line 11): theta, phi_0 <- Adam on Eq. J after the inner steps; returns phi_T."""
-    lrs = [args.inner_lr] * args.inner_steps
-    phi_T = adapt(model, adapt_batch, lrs, args.grad_clip, create_graph=not args.first_order)
-    loss = nll(model, eval_batch, phi_T).mean()
-    optimizer.zero_grad()
-    loss.backward()
-    for p in model.parameters():  # the authors clip each gradient tensor by its own norm
-        if p.grad is not None:
-            nn.utils.clip_grad_norm_(p, args.grad_clip)
-    optimizer.step()
-    return phi_T.detach(), loss.item()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# ALGO LOGIC: SAC on [s, phi] (softlearning's SAC: twin Q, target Q, automatic temperature)
 def mlp(in_dim, hidden, out_dim):
     layers, d = [], in_dim
     for h in hidden:
@@ -295,32 +239,6 @@ class SAC(nn.Module):
                 torch.optim.Adam(self.actor.parameters(), lr=lr), torch.optim.Adam([self.log_alpha], lr=lr))
 
 
-def minimize(optimizer, loss):
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-
-
-def sac_update(sac, opts, x, act, rew, next_x, term, args):
-    """One SAC step on inputs x = [s, phi] (phi a constant input, Alg. 1 line 12). Returns losses for logging."""
-    q_opt, actor_opt, alpha_opt = opts
-    alpha = sac.log_alpha.exp().detach()  # the actor's and the critics' targets use the current temperature
-    with torch.no_grad():
-        next_a, next_logp = sac.actor(next_x)
-        next_q = torch.min(sac.qf1_target(next_x, next_a), sac.qf2_target(next_x, next_a)) - alpha * next_logp
-        target = rew + args.gamma * (1.0 - term) * next_q  # truncation is not termination: bootstrap through it
-    q_loss = 0.5 * (F.mse_loss(sac.qf1(x, act), target) + F.mse_loss(sac.qf2(x, act), target))
-    minimize(q_opt, q_loss)
-    a, logp = sac.actor(x)
-    actor_loss = (alpha * logp - torch.min(sac.qf1(x, a), sac.qf2(x, a))).mean()
-    minimize(actor_opt, actor_loss)
-    minimize(alpha_opt, -(sac.log_alpha * (logp.detach() + args.target_entropy)).mean())
-    with torch.no_grad():
-        for net, target_net in ((sac.qf1, sac.qf1_target), (sac.qf2, sac.qf2_target)):
-            torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), args.tau)
-    return q_loss.item(), actor_loss.item(), alpha.item()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Replay buffers: one preallocated FIFO per task
 FIELDS = ("obs", "act", "rew", "next_obs", "term")
@@ -370,7 +288,125 @@ def with_context(x, phi):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Experience relabeling (Sec. 3, Eq. R) and the test-time adaptation of Alg. 2
+# Alg. 1, Model Identification Meta-Training: the model's loss, its adaptation (Eq. A), data collection with phi_0
+# and phi_T, the meta-update (Eq. J) and the SAC update on [s, phi_T]
+def nll(model, batch, context):
+    """-log p(s', r | s, a; theta, phi) per task (up to constants), shape (...,) for a batch (..., B, .). As the
+    authors: reward and state terms each averaged, summed, + 0.01 (sum max_logvar - sum min_logvar) (tight bounds)."""
+    obs, act, rew, next_obs = batch
+    mean, logvar = model(obs, act, context)
+    target = torch.cat([rew.unsqueeze(-1), next_obs - obs], -1)
+    per_output = (mean - target) ** 2 * torch.exp(-logvar) + logvar
+    loss = per_output[..., 0].mean(-1) + per_output[..., 1:].mean((-1, -2))
+    return loss + 0.01 * (model.max_logvar.sum() - model.min_logvar.sum())
+
+
+def adapt(model, batch, lrs, clip, create_graph):
+    """Eq. A once per entry of `lrs`, for T tasks at once: batch (T, B, .) -> adapted contexts phi_T (T, d).
+
+    phi is one row per task and the loss is the SUM of the tasks' losses, so row t of one autograd.grad is exactly
+    task t's own gradient (tasks share no terms): the whole meta-batch adapts in one backward pass.
+    create_graph=True keeps the graph of every step, so the outer loss differentiates through them (second order).
+    """
+    phi = model.context.expand(batch[0].shape[0], -1)
+    if not phi.requires_grad:  # phi_0 fixed (learn_context_init off): the inner loop still differentiates phi
+        phi = phi.detach().requires_grad_()
+    for lr in lrs:
+        (grad,) = torch.autograd.grad(nll(model, batch, phi).sum(), phi, create_graph=create_graph)
+        grad = grad * (clip / grad.norm(dim=-1, keepdim=True).clamp_min(clip))  # per-task clip_by_norm
+        phi = phi - lr * grad
+    return phi
+
+
+@torch.no_grad()
+def rollout(env, actor, phi, n_steps, device, *, deterministic, episodes=None, frames=None):
+    """Run pi(a | s, phi) in env's current task for n_steps (or `episodes` whole episodes).
+    Returns the transitions (float32 arrays) and the finished episodes' returns. (No supported family reports
+    success, so there is no success rate.)"""
+    phi = torch.as_tensor(phi, dtype=torch.float32, device=device)
+    out, returns, ep_return = {k: [] for k in FIELDS}, [], 0.0
+    obs, _ = env.reset()
+    while len(out["rew"]) < n_steps and (episodes is None or len(returns) < episodes):
+        x = torch.cat([torch.as_tensor(obs, dtype=torch.float32, device=device), phi])
+        action = actor(x, deterministic, with_log_prob=False)[0].cpu().numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        if frames is not None:
+            frames.append(env.render())
+        for k, v in zip(FIELDS, (obs, action, reward, next_obs, terminated)):
+            out[k].append(v)
+        ep_return, obs = ep_return + reward, next_obs
+        if terminated or truncated:
+            returns.append(ep_return)
+            ep_return, (obs, _) = 0.0, env.reset()
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}, returns
+
+
+def collect(env, task_id, model, actor, adapt_buffer, replay, args, device, *, with_updated_context):
+    """Alg. 1 lines 5-8 for train task `task_id`: D_adapt with phi_0 (-> both buffers); adapt phi on it (Eq. A);
+    then D_eval with phi_T (-> replay buffer only). Returns the env steps taken and the finished episodes' returns."""
+    env.set_task(env.train_tasks[task_id])
+    d_adapt, returns = rollout(env, actor, model.context.detach(), args.steps_prior, device, deterministic=False)
+    adapt_buffer.add(task_id, d_adapt), replay.add(task_id, d_adapt)
+    if not with_updated_context:
+        return args.steps_prior, returns
+    batch = to_torch({k: v[None] for k, v in d_adapt.items()}, device)
+    phi_T = adapt(model, batch, [args.inner_lr] * args.inner_steps, args.grad_clip, create_graph=False)
+    d_eval, more = rollout(env, actor, phi_T[0].detach(), args.steps_posterior, device, deterministic=False)
+    replay.add(task_id, d_eval)
+    return args.steps_prior + args.steps_posterior, returns + more
+
+
+def meta_update(model, optimizer, adapt_batch, eval_batch, args):
+    """One outer step of Alg. 1 (line 11): theta (and phi_0 when learned) <- Adam on Eq. J after the inner steps;
+    returns phi_T."""
+    lrs = [args.inner_lr] * args.inner_steps
+    phi_T = adapt(model, adapt_batch, lrs, args.grad_clip, create_graph=not args.first_order)
+    loss = nll(model, eval_batch, phi_T).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    for p in model.parameters():  # per tensor; the authors' network is one flat vector, clipped as one
+        if p.grad is not None:
+            nn.utils.clip_grad_norm_(p, args.grad_clip)
+    optimizer.step()
+    return phi_T.detach(), loss.item()
+
+
+def minimize(optimizer, loss):
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def sac_update(sac, opts, x, act, rew, next_x, term, args):
+    """One SAC step on inputs x = [s, phi] (phi a constant input, Alg. 1 line 12). Returns losses for logging."""
+    q_opt, actor_opt, alpha_opt = opts
+    alpha = sac.log_alpha.exp().detach()  # the actor's and the critics' targets use the current temperature
+    with torch.no_grad():
+        next_a, next_logp = sac.actor(next_x)
+        next_q = torch.min(sac.qf1_target(next_x, next_a), sac.qf2_target(next_x, next_a)) - alpha * next_logp
+        target = rew + args.gamma * (1.0 - term) * next_q  # truncation is not termination: bootstrap through it
+    q_loss = 0.5 * (F.mse_loss(sac.qf1(x, act), target) + F.mse_loss(sac.qf2(x, act), target))
+    minimize(q_opt, q_loss)
+    a, logp = sac.actor(x)
+    actor_loss = (alpha * logp - torch.min(sac.qf1(x, a), sac.qf2(x, a))).mean()
+    minimize(actor_opt, actor_loss)
+    minimize(alpha_opt, -(sac.log_alpha * (logp.detach() + args.target_entropy)).mean())
+    with torch.no_grad():
+        for net, target_net in ((sac.qf1, sac.qf1_target), (sac.qf2, sac.qf2_target)):
+            torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), args.tau)
+    return q_loss.item(), actor_loss.item(), alpha.item()
+
+
+def policy_update(sac, sac_opts, eval_np, phi_T, args, device):
+    """Alg. 1 line 12: SAC on D_eval with each task's adapted context appended, all tasks as one batch."""
+    obs, act, rew, next_obs = (x.flatten(0, 1) for x in to_torch(eval_np, device))
+    phi = phi_T.repeat_interleave(args.adapt_batch, 0)
+    term = torch.as_tensor(eval_np["term"], device=device).flatten()
+    return sac_update(sac, sac_opts, torch.cat([obs, phi], -1), act, rew, torch.cat([next_obs, phi], -1), term, args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Alg. 2, Experience Relabeling Adaptation: test-time adaptation, Relabel (Sec. 3, Eq. R), SAC on relabeled data
 def adapt_to_test_task(model, data, args, device, rng):
     """Alg. 2 lines 1-3: N_fast steps on phi (the first inner_steps at inner_lr, later ones at inner_lr / 10, as the
     authors), then optionally finetune_steps Adam steps on theta with phi fixed. Returns phi_T (d,), the adapted
@@ -413,15 +449,17 @@ def relabel(model, actor, phi, data, env, task, mode, device):
     return out
 
 
-def experience_relabeling(env, test_task, model, sac, sac_opts, replay, mode, args, device, rng):
+def experience_relabeling(env, test_task, model, sac, sac_opts, replay, mode, args, device, rng,
+                          on_step: Optional[Callable[[int, int], None]] = None):
     """Alg. 2 on one test task, on a copy of the meta-trained SAC (restored afterwards). Returns the evaluation
-    returns (before relabeling, then after each epoch), per-epoch timings and the adapted model's held-out NLL."""
+    returns (before relabeling, then after each epoch), per-epoch timings and the adapted model's held-out NLL.
+    `on_step(epoch, step)` is called after every SAC step (progress reports)."""
     snapshot = copy.deepcopy(dict(sac=sac.state_dict(), opts=[o.state_dict() for o in sac_opts]))
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     env.set_task(test_task)
     t0 = time.time()
     # line 1: D_adapt from the test task with phi_0; lines 2-3: adapt phi (more steps than in meta-training)
-    real_data, _ = rollout(env, sac.actor, model.context.detach(), args.adapt_batch, False, device)
+    real_data, _ = rollout(env, sac.actor, model.context.detach(), args.adapt_batch, device, deterministic=False)
     real = MultiTaskReplayBuffer(1, len(real_data["rew"]), obs_dim, act_dim)
     real.add(0, real_data)
     phi_T, test_model, val_nll = adapt_to_test_task(model, real_data, args, device, rng)
@@ -429,7 +467,7 @@ def experience_relabeling(env, test_task, model, sac, sac_opts, replay, mode, ar
     relabeled = MultiTaskReplayBuffer(1, args.rollout_batch * rounds, obs_dim, act_dim)  # one epoch's worth, FIFO
     n_real = int(args.sac_batch * args.real_ratio)
     t_collect = time.time() - t0
-    returns = [rollout(env, sac.actor, phi_T, env.horizon, True, device, episodes=1)[1][0]]
+    returns = [rollout(env, sac.actor, phi_T, env.horizon, device, deterministic=True, episodes=1)[1][0]]
     timings = []
     for epoch in range(args.extrapolation_epochs):
         t_relabel = t_update = 0.0
@@ -448,8 +486,10 @@ def experience_relabeling(env, test_task, model, sac, sac_opts, replay, mode, ar
                 sac_update(sac, sac_opts, with_context(obs, phi_T), act, rew, with_context(next_obs, phi_T),
                            torch.as_tensor(b["term"], device=device), args)
             t_relabel, t_update = t_relabel + t2 - t1, t_update + time.time() - t2
+            if on_step is not None:
+                on_step(epoch, step)
         t3 = time.time()
-        returns.append(rollout(env, sac.actor, phi_T, env.horizon, True, device, episodes=1)[1][0])
+        returns.append(rollout(env, sac.actor, phi_T, env.horizon, device, deterministic=True, episodes=1)[1][0])
         timings.append((t_collect if epoch == 0 else 0.0, t_update, t_relabel, time.time() - t3, t_relabel / rounds))
     sac.load_state_dict(snapshot["sac"])
     for opt, state in zip(sac_opts, snapshot["opts"]):
@@ -458,30 +498,7 @@ def experience_relabeling(env, test_task, model, sac, sac_opts, replay, mode, ar
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data collection and evaluation
-@torch.no_grad()
-def rollout(env, actor, phi, n_steps, deterministic, device, episodes=None, frames=None):
-    """Run pi(a | s, phi) in env's current task for n_steps (or `episodes` whole episodes).
-    Returns the transitions (float32 arrays) and the finished episodes' returns. (No supported family reports
-    success, so there is no success rate.)"""
-    phi = torch.as_tensor(phi, dtype=torch.float32, device=device)
-    out, returns, ep_return = {k: [] for k in FIELDS}, [], 0.0
-    obs, _ = env.reset()
-    while len(out["rew"]) < n_steps and (episodes is None or len(returns) < episodes):
-        x = torch.cat([torch.as_tensor(obs, dtype=torch.float32, device=device), phi])
-        action = actor(x, deterministic, with_log_prob=False)[0].cpu().numpy()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        if frames is not None:
-            frames.append(env.render())
-        for k, v in zip(FIELDS, (obs, action, reward, next_obs, terminated)):
-            out[k].append(v)
-        ep_return, obs = ep_return + reward, next_obs
-        if terminated or truncated:
-            returns.append(ep_return)
-            ep_return, (obs, _) = 0.0, env.reset()
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}, returns
-
-
+# Evaluation: the authors' meta-test protocol during meta-training
 def evaluate(env, tasks, model, actor, args, device, frames=None):
     """The authors' meta-test protocol (MIER-wR): per task collect adapt_batch steps with phi_0, adapt phi with the
     inner loop (all tasks in one batched pass), then one deterministic episode with phi_T. Returns the mean return."""
@@ -489,215 +506,451 @@ def evaluate(env, tasks, model, actor, args, device, frames=None):
     data = []
     for task in tasks:
         env.set_task(task)
-        data.append(rollout(env, actor, phi0, args.adapt_batch, False, device)[0])
+        data.append(rollout(env, actor, phi0, args.adapt_batch, device, deterministic=False)[0])
     batch = to_torch({k: np.stack([d[k] for d in data]) for k in FIELDS}, device)
     phi = adapt(model, batch, [args.inner_lr] * args.inner_steps, args.grad_clip, create_graph=False).detach()
     returns = []
     for i, task in enumerate(tasks):
         env.set_task(task)
-        returns += rollout(env, actor, phi[i], env.horizon, True, device, 1, frames if i == 0 else None)[1]
+        returns += rollout(env, actor, phi[i], env.horizon, device, deterministic=True, episodes=1,
+                           frames=frames if i == 0 else None)[1]
     return float(np.mean(returns))
 
 
-def make_env(args):
-    """The family, with None fields of args filled from its per-env defaults; bad input -> a one-line error."""
+# ----------------------------------------------------------------------------------------------------------------
+# Plumbing: the authors' per-env values, argument checks, --help, progress lines, checkpoints, signals
+
+# mier_public configs/default.py overridden by configs/envs/{benchmarks,ood}/<env>.json (configs/exps/mier-*.json)
+DEFAULTS = dict(num_epochs=400, initial_repeats=5, tasks_per_epoch=5, steps_prior=400, steps_posterior=600,
+                train_steps=1000, adapt_batch=200, context_dim=5, sac_hidden="300,300,300", sac_steps_per_epoch=1000,
+                context_steps=10, finetune_steps=100)
+PAPER_DEFAULTS: dict[str, dict] = {
+    "cheetah-vel-ood-hard": {},  # ood/cheetah-vel-hard.json
+    "cheetah-vel-ood-medium": {},  # ood/cheetah-vel-medium.json
+    "cheetah-vel": {},  # benchmarks/cheetah-vel.json (in distribution)
+    "ant-dir-ood": dict(num_epochs=600, adapt_batch=400, sac_hidden="256,256", sac_steps_per_epoch=50,
+                        context_steps=20, finetune_steps=0),
+    "cheetah-negated-joints": dict(context_dim=10, adapt_batch=400, sac_hidden="256,256", finetune_steps=0),
+    "ant-negated-joints": dict(num_epochs=600, sac_hidden="256,256", finetune_steps=0),
+    # Not in the paper: a cheap reward-shift family (dense goal reward) for smoke and learning tests.
+    "point-robot": dict(num_epochs=50, steps_prior=100, steps_posterior=100, train_steps=100, adapt_batch=50,
+                        sac_hidden="64,64", sac_steps_per_epoch=100, context_steps=10, finetune_steps=0),
+}
+SUPPORTED = tuple(PAPER_DEFAULTS)
+# --help's cost line: seconds per meta-training step (model meta-update + SAC update) at paper size on
+# cheetah-vel-ood-hard, on the shared 2-core CPU at load average 5-6 (`--num-epochs 1 --train-steps 20`)
+STEP_SECONDS = 0.9
+REDUCED = {  # a reduced run that shows learning within an hour (benchmarks/mier.md)
+    name: "--num-epochs 40 --initial-repeats 1 --train-steps 500 --meta-batch 8 --adapt-batch 128 --model-hidden 128 "
+          "--sac-hidden 64,64 --num-eval-tasks 10 --eval-interval 2 (25-33 min a run; the curves: benchmarks/mier.md)"
+    for name in ("cheetah-vel-ood-hard", "cheetah-vel")}
+# Only Alg. 2 reads these: on --resume before Alg. 2 has begun, a typed value is used (Alg. 2 of another size from
+# the same meta-trained checkpoint)
+ALG2_FLAGS = ("relabel", "relabel_tasks", "extrapolation_epochs", "sac_steps_per_epoch", "sac_repeat", "sac_batch",
+              "real_ratio", "relabel_interval", "rollout_batch", "cross_tasks", "context_steps", "finetune_steps",
+              "train_val_ratio")
+RUN_FLAGS = ("num_epochs", "cuda", "capture_video", "run_dir", "save_model")  # on --resume the typed value is used
+
+
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr and exit code 2, as tyro does for a malformed flag."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_args(args: Args) -> envs.TaskEnv:
+    """Every argument checked before anything runs (one line, exit code 2, at the first violation). The task-count
+    checks need the family, so it is built last (seeded with the checked seed) and returned."""
+    def need(ok, name, allowed):
+        if not ok:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: {allowed}")
+
     if args.env not in SUPPORTED:
-        raise SystemExit(f"error: mier.py serves the families {', '.join(SUPPORTED)}; got '{args.env}'")
+        why = "unknown" if args.env not in envs.names() else "mier.py has no authors' configuration for it"
+        fail(f"--env {args.env}: {why}; it serves: {', '.join(SUPPORTED)}")
+    need(0 <= args.seed < 2**31, "seed", "must be in [0, 2**31)")
+    for name in ("num_epochs", "initial_repeats", "tasks_per_epoch", "steps_prior", "steps_posterior", "buffer_size",
+                 "train_steps", "meta_batch", "adapt_batch", "context_dim", "model_hidden", "model_layers",
+                 "inner_steps", "eval_interval", "extrapolation_epochs", "sac_steps_per_epoch", "sac_repeat",
+                 "sac_batch", "relabel_interval", "rollout_batch", "cross_tasks", "context_steps"):
+        need(getattr(args, name) >= 1, name, "must be >= 1")
+    need(args.finetune_steps >= 0, "finetune_steps", "must be >= 0")
+    for name in ("model_lr", "inner_lr", "grad_clip", "sac_lr"):
+        need(getattr(args, name) > 0, name, "must be > 0")
+    need(0 < args.gamma <= 1, "gamma", "must be in (0, 1]")
+    need(0 < args.tau <= 1, "tau", "must be in (0, 1]")
+    need(0 <= args.real_ratio < 1, "real_ratio", "must be in [0, 1)")
+    need(0 < args.train_val_ratio <= 1, "train_val_ratio", "must be in (0, 1]")
+    for name in ("target_entropy", "log_alpha_init"):
+        need(np.isfinite(getattr(args, name)), name, "must be a finite number")
+    need(all(h.isdigit() and int(h) > 0 for h in args.sac_hidden.split(",")), "sac_hidden",
+         "must be positive integers separated by commas")
+    need(args.buffer_size >= args.steps_prior + args.steps_posterior, "buffer_size",
+         f"must hold one collection (--steps-prior + --steps-posterior = {args.steps_prior + args.steps_posterior})")
+    need(args.rollout_batch >= args.cross_tasks, "rollout_batch", f"must be >= --cross-tasks {args.cross_tasks}")
     try:
         env = envs.make(args.env, seed=args.seed, **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    filled = []
-    for key, value in {**PAPER, **ENV_DEFAULTS[args.env]}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-            filled.append(f"{key}={value}")
-    print(f"{args.env} per-env defaults: {', '.join(filled)}")
-    positive = ("num_epochs", "initial_repeats", "tasks_per_epoch", "steps_prior", "steps_posterior", "buffer_size",
-                "train_steps", "meta_batch", "adapt_batch", "context_dim", "model_hidden", "model_layers",
-                "inner_steps", "eval_interval", "extrapolation_epochs", "sac_steps_per_epoch", "sac_repeat",
-                "sac_batch", "relabel_interval", "rollout_batch", "cross_tasks", "context_steps")
-    for name in positive:
-        if getattr(args, name) < (minimum := 0 if name == "num_epochs" else 1):
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
+        fail(f"--capture-video: {e}" if args.capture_video else f"--env {args.env}: {e}")
     n_train, n_test = len(env.train_tasks), len(env.test_tasks)
-    if args.meta_batch > n_train:
-        raise SystemExit(f"error: --meta-batch {args.meta_batch} is larger than the {n_train} train tasks ({args.env})")
+    need(args.meta_batch <= n_train, "meta_batch", f"must be <= the {n_train} train tasks of {args.env}")
     for name in ("num_eval_tasks", "relabel_tasks"):
-        if getattr(args, name) is not None and not 1 <= getattr(args, name) <= n_test:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be in [1, {n_test}] (test tasks of {args.env})")
-    if args.rollout_batch < args.cross_tasks:
-        raise SystemExit(f"error: --rollout-batch {args.rollout_batch} must be >= --cross-tasks {args.cross_tasks}")
-    if args.buffer_size < args.steps_prior + args.steps_posterior:
-        raise SystemExit("error: --buffer-size must hold at least one collection (steps-prior + steps-posterior)")
-    if not (0.0 <= args.real_ratio < 1.0 and 0.0 < args.train_val_ratio <= 1.0 and args.finetune_steps >= 0):
-        raise SystemExit("error: need 0 <= --real-ratio < 1, 0 < --train-val-ratio <= 1, --finetune-steps >= 0")
-    if not all(h.isdigit() and int(h) > 0 for h in args.sac_hidden.split(",")):
-        raise SystemExit(f"error: --sac-hidden must be positive integers separated by commas, got '{args.sac_hidden}'")
+        need(getattr(args, name) is None or 1 <= getattr(args, name) <= n_test, name,
+             f"must be in [1, {n_test}] (the test tasks of {args.env})")
     return env
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args)
+def parse_args(description: str, argv: list[str]) -> Args:
+    """tyro.cli, with tyro's boxed parse errors condensed to one `error: ...` line (exit code 2 kept)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, description=description, args=argv)
+    except SystemExit as e:
+        text = captured.getvalue()
+        if e.code == 2 and text:
+            lines = [line.strip("│╭╮╰╯─ ") for line in text.splitlines()[1:]]
+            body = []
+            for line in lines:  # the box's first paragraph is the message; a rule ends it
+                if not line:
+                    if body:
+                        break
+                    continue
+                body.append(line)
+            fail(" ".join(body))
+        sys.stderr.write(text)
+        raise
+
+
+def help_text(env_name: str) -> str:
+    """tyro's description: the paper defaults resolved for --env, what a paper-size run costs, a reduced run."""
+    head = __doc__.split("\n\n")[0]
+    if env_name not in PAPER_DEFAULTS:  # tyro keeps paragraphs (blank-line separated) and joins lines within one
+        rows = [f"{name}: " + (" ".join(f"{k}={v}" for k, v in row.items()) or "(all envs' values)")
+                for name, row in [("(all envs)", DEFAULTS), *PAPER_DEFAULTS.items()]]
+        return head + "\n\npaper defaults per --env (flags override):\n\n" + "\n\n".join(rows)
+    row = {**DEFAULTS, **PAPER_DEFAULTS[env_name]}
+    text = f"paper defaults for --env {env_name}: " + " ".join(f"{k}={v}" for k, v in row.items())
+    hours = row["num_epochs"] * row["train_steps"] * STEP_SECONDS / 3600
+    cost = (f"a paper-size run costs ~{hours:.0f} h on a 2-core CPU (measured: {STEP_SECONDS} s per meta-training "
+            f"step at paper size on cheetah-vel-ood-hard, times {row['num_epochs']} epochs x {row['train_steps']} "
+            "steps; Alg. 2 and evaluations extra)")
+    if env_name == "point-robot":
+        cost = "a default point-robot run takes a few minutes on a 2-core CPU (tests/test_mier.py learns in ~20 s)"
+    reduced = f"\n\nreduced run: python mier.py --env {env_name} {REDUCED[env_name]}" if env_name in REDUCED else ""
+    return f"{head}\n\n{text}\n\n{cost}{reduced}"
+
+
+class Progress:
+    """One progress line now and then whenever `every` seconds have passed: what runs, work done / total and an
+    ETA from the rates measured so far. The time between two calls is charged to the kind of work reported."""
+
+    def __init__(self, remaining: dict[str, float], every: float = 30.0):
+        self.remaining, self.every = dict(remaining), every
+        self.measured, self.spent = dict.fromkeys(remaining, 0.0), dict.fromkeys(remaining, 0.0)
+        self.t_last = self.t_start = time.time()
+        self.t_printed = -float("inf")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
+        with work left has been measured)."""
+        left = [k for k, v in self.remaining.items() if v > 0]
+        if any(self.measured[k] == 0 for k in left):
+            return None
+        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+
+    def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
+        now = time.time()
+        self.spent[kind] += now - self.t_last
+        self.measured[kind] += amount
+        self.remaining[kind] -= amount
+        self.t_last = now
+        if force or now - self.t_printed >= self.every:
+            self.t_printed = now
+            eta = self.eta()
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
+                  flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+CHECKPOINT_FORMAT = 1
+SCRIPT = os.path.basename(__file__)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
+    previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(resume: str) -> dict:
+    """The checkpoint at `resume` (a file or a run directory holding checkpoint.pt), or a one-line error."""
+    path = os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
+    if not os.path.isfile(path):
+        fail(f"--resume {resume}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty or not a torch file
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); it may have been cut off mid-write")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        who = ckpt.get("script", "an unknown script") if isinstance(ckpt, dict) else "an unknown script"
+        fail(f"--resume {path}: written by {who}, not {SCRIPT}")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"--resume {path}: checkpoint format {ckpt.get('format')}, this {SCRIPT} reads format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def resumed_args(given: Args, ckpt: dict, path: str, argv: list[str]) -> Args:
+    """The checkpoint's arguments. A typed flag that differs: --env is an error; RUN_FLAGS, and ALG2_FLAGS while
+    Alg. 2 has not begun, take the typed value; any other keeps the checkpoint's. Each difference: one warning."""
+    args, names = Args(**ckpt["args"]), {f.name for f in fields(Args)}
+    typed = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    typed = {n[3:] if n.startswith("no_") and n[3:] in names else n for n in typed} & names - {"resume"}
+    if "env" in typed and given.env != args.env:
+        fail(f"--resume {path}: written for --env {args.env}, not --env {given.env}")
+    warnings = []
+    for name in sorted(typed):
+        new, old, flag = getattr(given, name), getattr(args, name), "--" + name.replace("_", "-")
+        if new == old:
+            continue
+        if name in RUN_FLAGS or (name in ALG2_FLAGS and not ckpt["extrapolation_returns"]):
+            warnings.append(f"warning: {flag} {new} (the checkpoint's run had {old}): using {new}")
+            setattr(args, name, new)
+        else:
+            warnings.append(f"warning: {flag} {new} differs from the checkpoint's {old}: using the checkpoint's {old}")
+    if args.num_epochs < ckpt["epoch"] or (ckpt["extrapolation_returns"] and args.num_epochs != ckpt["epoch"]):
+        fail(f"--num-epochs {args.num_epochs}: the checkpoint's run is at epoch {ckpt['epoch']}"
+             + (" and has begun Alg. 2" if ckpt["extrapolation_returns"] else ""))
+    for line in warnings:
+        print(line, file=sys.stderr)
+    args.resume = given.resume
+    if "run_dir" not in typed:
+        args.run_dir = os.path.dirname(os.path.abspath(path))
+    return args
+
+
+def parse_command_line(argv: list[str]) -> tuple[Args, envs.TaskEnv, Optional[dict]]:
+    """argv -> tyro -> --resume merge -> paper defaults for --env -> check_args: the run's arguments, its env and
+    the checkpoint to continue from (None for a new run). Nothing is written before this returns."""
+    env_name = next((a[len("--env="):] for a in argv if a.startswith("--env=")), None)
+    if env_name is None and "--env" in argv[:-1]:
+        env_name = argv[argv.index("--env") + 1]
+    args = parse_args(help_text(env_name or Args.env), argv)
     ckpt = None
     if args.resume is not None:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f"error: --resume: no checkpoint at '{args.resume}'")
-        ckpt = torch.load(args.resume, weights_only=False)
-    env = make_env(args)
-    relabel_mode = "reward" if env.varies == "reward" else "dynamics"  # Sec. 3: reward-only vs one-step rollouts
-
-    # TRY NOT TO MODIFY: seeding, output folder, logging
-    torch.manual_seed(args.seed)  # numpy randomness all comes from `rng`
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        ckpt = load_checkpoint(args.resume)
+        args.resume = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        args = resumed_args(args, ckpt, args.resume, argv)
+    for key, value in {**DEFAULTS, **PAPER_DEFAULTS.get(args.env, {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    env = check_args(args)
     if args.run_dir is None:
-        args.run_dir = (os.path.dirname(os.path.abspath(args.resume)) if args.resume else
-                        f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    os.makedirs(args.run_dir, exist_ok=True)
-    with open(os.path.join(args.run_dir, "args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=2)
-    writer = SummaryWriter(args.run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    ckpt_path = os.path.join(args.run_dir, "checkpoint.pt")
+        args.run_dir = f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    return args, env, ckpt
 
-    def interrupted(*_):  # Ctrl-C: stop without a traceback; the checkpoint on disk is the last finished one
-        raise SystemExit(f"interrupted; the last finished checkpoint is in {args.run_dir}")
-    signal.signal(signal.SIGINT, interrupted)
 
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    train_tasks, test_tasks = env.train_tasks, env.test_tasks
-    n_eval = args.num_eval_tasks or len(test_tasks)
-    model = DynamicsModel(obs_dim, act_dim, args.context_dim, args.model_hidden, args.model_layers,
-                          args.learn_context_init).to(device)
-    model_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.model_lr)
-    sac = SAC(obs_dim + args.context_dim, act_dim, [int(h) for h in args.sac_hidden.split(",")],
-              args.log_alpha_init).to(device)
-    sac_opts = sac.optimizers(args.sac_lr)
-    # Alg. 1: the adaptation buffer holds only phi_0 data; the replay buffer R(T) holds all data of task T
-    adapt_buffer = MultiTaskReplayBuffer(len(train_tasks), args.buffer_size, obs_dim, act_dim)
-    replay = MultiTaskReplayBuffer(len(train_tasks), args.buffer_size, obs_dim, act_dim)
-    stateful = dict(model=model, model_opt=model_opt, sac=sac, q_opt=sac_opts[0], actor_opt=sac_opts[1],
-                    alpha_opt=sac_opts[2], adapt_buffer=adapt_buffer, replay=replay)
-    start_epoch, env_steps, extrapolation_returns = 0, 0, []
-    if ckpt is not None:
-        for key, obj in stateful.items():
-            obj.load_state_dict(ckpt[key])
-        start_epoch, env_steps, extrapolation_returns = ckpt["epoch"], ckpt["env_steps"], ckpt["extrapolation_returns"]
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        print(f"resumed from {args.resume} at epoch {start_epoch}")
-    env.reset(seed=args.seed + start_epoch)
+def keep_rows(src: str, dst: str, last_iteration: int) -> None:
+    """Rewrite dst (atomically) as src's eval.jsonl rows up to `last_iteration`: on resume, rows written after the
+    checkpoint (and a half-written last line) are dropped and will be written again."""
+    rows = []
+    if os.path.isfile(src):
+        with open(src) as f:
+            for line in f:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if json.loads(line)["iteration"] <= last_iteration:
+                        rows.append(line if line.endswith("\n") else line + "\n")
+    with open(dst + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(dst + ".tmp", dst)
 
-    def checkpoint(epoch):  # atomic: a temp file in the same folder, then a rename; a crash never leaves half a file
-        if args.save_model:
-            torch.save({**{k: v.state_dict() for k, v in stateful.items()}, "epoch": epoch, "env_steps": env_steps,
-                        "extrapolation_returns": extrapolation_returns, "rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state()}, ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)
 
-    def log_eval(row):
-        for k, v in row.items():
-            if "/" in k:
-                writer.add_scalar(k, v, row["env_steps"])
-        with open(os.path.join(args.run_dir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    def collect(task_id, with_updated_context):
-        """Alg. 1 lines 5-8 for one train task: D_adapt with phi_0 (-> both buffers); adapt phi on it (Eq. A); then
-        D_eval with phi_T (-> replay buffer only)."""
-        global env_steps
-        env.set_task(train_tasks[task_id])
-        d_adapt, returns = rollout(env, sac.actor, model.context.detach(), args.steps_prior, False, device)
-        adapt_buffer.add(task_id, d_adapt), replay.add(task_id, d_adapt)
-        env_steps += args.steps_prior
-        if with_updated_context:
-            batch = to_torch({k: v[None] for k, v in d_adapt.items()}, device)
-            phi_T = adapt(model, batch, [args.inner_lr] * args.inner_steps, args.grad_clip, create_graph=False)
-            d_eval, more = rollout(env, sac.actor, phi_T[0].detach(), args.steps_posterior, False, device)
-            replay.add(task_id, d_eval)
-            env_steps += args.steps_posterior
-            returns += more
-        return returns
 
-    start_time, last_eval = time.time(), float("nan")
-    if start_epoch == 0 and env_steps == 0:
-        for task_id in range(len(train_tasks)):  # initial exploration with phi_0 for every train task
-            for _ in range(args.initial_repeats):
-                collect(task_id, with_updated_context=False)
-        print(f"initial exploration: {env_steps} env steps in {time.time() - start_time:.1f}s")
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    env = writer = saved = None  # saved: the last finished checkpoint, for the message when stopped
+    try:
+        args, env, ckpt = parse_command_line(sys.argv[1:])
+        print(f"{SCRIPT} " + " ".join(f"{k}={v}" for k, v in asdict(args).items()), flush=True)
+        relabel_mode = "reward" if env.varies == "reward" else "dynamics"  # Sec. 3: reward-only vs one-step rollouts
 
-    # ALGO LOGIC: Alg. 1, meta-training
-    for epoch in range(start_epoch, args.num_epochs):
-        t0 = time.time()
-        episode_returns = []
-        for task_id in rng.choice(len(train_tasks), args.tasks_per_epoch):  # with replacement, as the authors
-            episode_returns += collect(task_id, with_updated_context=True)
-        t_collect = time.time() - t0
+        # TRY NOT TO MODIFY: seeding, output folder, logging
+        torch.manual_seed(args.seed)  # numpy randomness all comes from `rng`
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        rng = np.random.default_rng(args.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        os.makedirs(args.run_dir, exist_ok=True)
+        ckpt_path, eval_path = os.path.join(args.run_dir, "checkpoint.pt"), os.path.join(args.run_dir, "eval.jsonl")
+        if os.path.exists(ckpt_path + ".tmp"):  # left by a run killed while writing
+            os.remove(ckpt_path + ".tmp")
+        with open(os.path.join(args.run_dir, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
 
-        # the epoch's meta-batch of tasks is fixed, as the authors; each step: one model meta-update, one SAC update
-        tasks = rng.choice(len(train_tasks), args.meta_batch, replace=False)
-        t_model = t_sac = 0.0
-        for step in range(args.train_steps):
-            t1 = time.time()
-            adapt_batch = to_torch(adapt_buffer.sample(tasks, args.adapt_batch, rng), device)
-            eval_np = replay.sample(tasks, args.adapt_batch, rng)
-            eval_batch = to_torch(eval_np, device)
-            phi_T, model_loss = meta_update(model, model_opt, adapt_batch, eval_batch, args)
-            t2 = time.time()
-            # SAC on D_eval with each task's adapted context appended, all tasks as one batch (Alg. 1 line 12)
-            obs, act, rew, next_obs = (x.flatten(0, 1) for x in eval_batch)
-            phi = phi_T.repeat_interleave(args.adapt_batch, 0)
-            q_loss, actor_loss, alpha = sac_update(sac, sac_opts, torch.cat([obs, phi], -1), act, rew,
-                                                   torch.cat([next_obs, phi], -1),
-                                                   torch.as_tensor(eval_np["term"], device=device).flatten(), args)
-            t_model, t_sac = t_model + t2 - t1, t_sac + time.time() - t2
-        t_update = time.time() - t0 - t_collect
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        train_tasks, test_tasks = env.train_tasks, env.test_tasks
+        n_eval, n_relabel = args.num_eval_tasks or len(test_tasks), args.relabel_tasks or len(test_tasks)
+        model = DynamicsModel(obs_dim, act_dim, args.context_dim, args.model_hidden, args.model_layers,
+                              learn_context_init=args.learn_context_init).to(device)
+        model_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.model_lr)
+        sac = SAC(obs_dim + args.context_dim, act_dim, [int(h) for h in args.sac_hidden.split(",")],
+                  args.log_alpha_init).to(device)
+        sac_opts = sac.optimizers(args.sac_lr)
+        # Alg. 1: the adaptation buffer holds only phi_0 data; the replay buffer R(T) holds all data of task T
+        adapt_buffer = MultiTaskReplayBuffer(len(train_tasks), args.buffer_size, obs_dim, act_dim)
+        replay = MultiTaskReplayBuffer(len(train_tasks), args.buffer_size, obs_dim, act_dim)
+        stateful = dict(model=model, model_opt=model_opt, sac=sac, q_opt=sac_opts[0], actor_opt=sac_opts[1],
+                        alpha_opt=sac_opts[2], adapt_buffer=adapt_buffer, replay=replay)
+        start_epoch, env_steps, extrapolation_returns, wall = 0, 0, [], 0.0
+        if ckpt is None:
+            env.reset(seed=args.seed)
+        else:
+            for key, obj in stateful.items():
+                obj.load_state_dict(ckpt[key])
+            start_epoch, env_steps, wall = ckpt["epoch"], ckpt["env_steps"], ckpt["wall_time"]
+            extrapolation_returns = ckpt["extrapolation_returns"]
+            rng.bit_generator.state = ckpt["rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt["cuda_rng"] is not None and device.type == "cuda":
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            env.np_random.bit_generator.state = ckpt["env_rng"]
+            keep_rows(os.path.join(os.path.dirname(os.path.abspath(args.resume)), "eval.jsonl"), eval_path, start_epoch)
+            saved = f"{args.resume} (epoch {start_epoch})"
+        start_time = time.time() - wall
+        writer = SummaryWriter(args.run_dir, purge_step=env_steps + 1 if ckpt else None)
+        if ckpt is None:
+            table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
 
-        with torch.no_grad():
-            pre = nll(model, adapt_batch, model.context.expand(len(tasks), -1)).mean().item()
-        for tag, value in (("losses/model_nll_post_adaptation", model_loss), ("losses/model_nll_pre_adaptation", pre),
-                           ("losses/qf_loss", q_loss), ("losses/actor_loss", actor_loss), ("losses/alpha", alpha),
-                           ("losses/context_norm", phi_T.norm(dim=-1).mean().item())):
-            writer.add_scalar(tag, value, env_steps)
-        if episode_returns:  # collections shorter than an episode finish none
-            writer.add_scalar("charts/episodic_return", float(np.mean(episode_returns)), env_steps)
-        sps = int(env_steps / (time.time() - start_time))
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        def checkpoint(epoch):  # only at the end of an epoch or of a test task's Alg. 2: resume stays exact
+            global saved
+            if args.save_model:
+                save_checkpoint(ckpt_path, {
+                    "env": args.env, "args": asdict(args), "epoch": epoch, "env_steps": env_steps,
+                    "wall_time": time.time() - start_time, "extrapolation_returns": extrapolation_returns,
+                    **{k: v.state_dict() for k, v in stateful.items()}, "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "env_rng": env.np_random.bit_generator.state,
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
+                done = len(extrapolation_returns)
+                saved = f"{ckpt_path} (epoch {epoch}" + (f", {done}/{n_relabel} test tasks relabeled)" if done else ")")
 
-        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.num_epochs:
-            t3 = time.time()
-            frames = [] if args.capture_video else None
-            ret = evaluate(env, test_tasks[:n_eval], model, sac.actor, args, device, frames)
-            ret_train = evaluate(env, train_tasks[:n_eval], model, sac.actor, args, device)
-            t_eval, last_eval = time.time() - t3, ret
-            log_eval({"iteration": epoch + 1, "env_steps": env_steps, "wall_time": time.time() - start_time,
-                      "phase": "meta-train", "eval/return": ret, "eval/return_train_tasks": ret_train,
-                      "time/collect": t_collect, "time/update": t_update, "time/relabel": 0.0, "time/eval": t_eval,
-                      "time/model_update": t_model / args.train_steps, "time/sac_update": t_sac / args.train_steps})
-            if frames:
-                envs.save_video(frames, os.path.join(args.run_dir, "videos", f"epoch{epoch + 1}.gif"))
-        checkpoint(epoch + 1)
-        eta = (time.time() - start_time) / (epoch + 1 - start_epoch) * (args.num_epochs - epoch - 1)
-        print(f"epoch {epoch + 1}/{args.num_epochs} env_steps {env_steps} SPS {sps} "
-              f"model {t_model / args.train_steps * 1e3:.1f}ms sac {t_sac / args.train_steps * 1e3:.1f}ms "
-              f"eval/return {last_eval:.2f} ETA {eta / 60:.1f}min", flush=True)
+        def log_eval(row):
+            for k, v in row.items():
+                if "/" in k:
+                    writer.add_scalar(k, v, row["env_steps"])
+            with open(eval_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
-    # ALGO LOGIC: Alg. 2, experience relabeling on each test task (MIER); MIER-wR stops above
-    if args.relabel:
-        n_relabel, ran = args.relabel_tasks or len(test_tasks), False
-        print(f"experience relabeling ({relabel_mode} relabeling, env.varies = {env.varies}) on {n_relabel} test tasks")
-        for j in range(len(extrapolation_returns), n_relabel):
-            result = experience_relabeling(env, test_tasks[j], model, sac, sac_opts, replay, relabel_mode, args,
-                                           device, rng)
-            extrapolation_returns.append(result)
-            checkpoint(args.num_epochs)
-            ran, r = True, result["returns"]
-            print(f"relabeling: test task {j + 1}/{n_relabel} return {r[0]:.2f} (adapted) -> {r[-1]:.2f} "
-                  f"(relabeled); model held-out NLL {result['val_nll']:.3f}", flush=True)
-        if ran:  # one eval row per Alg. 2 epoch, averaged over test tasks (the first: adapted, not yet relabeled)
+        total_steps = (len(train_tasks) * args.initial_repeats * args.steps_prior
+                       + args.num_epochs * args.tasks_per_epoch * (args.steps_prior + args.steps_posterior))
+        n_evals = sum((e + 1) % args.eval_interval == 0 or e + 1 == args.num_epochs
+                      for e in range(start_epoch, args.num_epochs))
+        progress = Progress({"collect": total_steps - env_steps, "update": (args.num_epochs - start_epoch) *
+                             args.train_steps, "eval": 2 * n_evals, "relabel": 0})
+        last_eval = float("nan")
+
+        def status(epoch):
+            return f"epoch {epoch}/{args.num_epochs} | env steps {env_steps:,}/{total_steps:,}"
+
+        progress.step("collect", 0, f"{SCRIPT} --env {args.env}: {status(start_epoch)} | run dir {args.run_dir}",
+                      force=True)
+        if start_epoch == 0:  # initial exploration with phi_0 for every train task (a checkpoint comes after it)
+            for task_id in range(len(train_tasks)):
+                for _ in range(args.initial_repeats):
+                    n, _ = collect(env, task_id, model, sac.actor, adapt_buffer, replay, args, device,
+                                   with_updated_context=False)
+                    env_steps += n
+                    progress.step("collect", n, f"initial exploration: task {task_id + 1}/{len(train_tasks)} | "
+                                  f"{status(0)}")
+
+        # ALGO LOGIC: Alg. 1, meta-training
+        for epoch in range(start_epoch, args.num_epochs):
+            t0 = time.time()
+            episode_returns = []
+            for task_id in rng.choice(len(train_tasks), args.tasks_per_epoch):  # with replacement, as the authors
+                n, returns = collect(env, task_id, model, sac.actor, adapt_buffer, replay, args, device,
+                                     with_updated_context=True)
+                env_steps, episode_returns = env_steps + n, episode_returns + returns
+                progress.step("collect", n, f"collecting | {status(epoch + 1)} | last eval return {last_eval:.1f}")
+            t_collect = time.time() - t0
+
+            # the epoch's meta-batch of tasks is fixed, as the authors; each step: one model meta-update (line 11),
+            # then one SAC update on the same D_eval with each task's phi_T (line 12)
+            tasks = rng.choice(len(train_tasks), args.meta_batch, replace=False)
+            t_model = t_sac = 0.0
+            for step in range(args.train_steps):
+                t1 = time.time()
+                adapt_batch = to_torch(adapt_buffer.sample(tasks, args.adapt_batch, rng), device)
+                eval_np = replay.sample(tasks, args.adapt_batch, rng)
+                phi_T, model_loss = meta_update(model, model_opt, adapt_batch, to_torch(eval_np, device), args)
+                t2 = time.time()
+                q_loss, actor_loss, alpha = policy_update(sac, sac_opts, eval_np, phi_T, args, device)
+                t_model, t_sac = t_model + t2 - t1, t_sac + time.time() - t2
+                progress.step("update", 1, f"meta-update {step + 1}/{args.train_steps} | {status(epoch + 1)} | "
+                              f"last eval return {last_eval:.1f}")
+            t_update = time.time() - t0 - t_collect
+
+            with torch.no_grad():
+                pre = nll(model, adapt_batch, model.context.expand(len(tasks), -1)).mean().item()
+            for tag, value in (("losses/model_nll_post_adaptation", model_loss),
+                               ("losses/model_nll_pre_adaptation", pre), ("losses/qf_loss", q_loss),
+                               ("losses/actor_loss", actor_loss), ("losses/alpha", alpha),
+                               ("losses/context_norm", phi_T.norm(dim=-1).mean().item())):
+                writer.add_scalar(tag, value, env_steps)
+            if episode_returns:  # collections shorter than an episode finish none
+                writer.add_scalar("charts/episodic_return", float(np.mean(episode_returns)), env_steps)
+            writer.add_scalar("charts/SPS", int(env_steps / (time.time() - start_time)), env_steps)
+
+            if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.num_epochs:
+                t3 = time.time()
+                frames = [] if args.capture_video else None
+                ret = evaluate(env, test_tasks[:n_eval], model, sac.actor, args, device, frames)
+                progress.step("eval", 1, f"evaluating | {status(epoch + 1)}")
+                ret_train = evaluate(env, train_tasks[:n_eval], model, sac.actor, args, device)
+                progress.step("eval", 1, f"evaluating | {status(epoch + 1)}")
+                t_eval, last_eval = time.time() - t3, ret
+                log_eval({"iteration": epoch + 1, "env_steps": env_steps, "wall_time": time.time() - start_time,
+                          "phase": "meta-train", "eval/return": ret, "eval/return_train_tasks": ret_train,
+                          "time/collect": t_collect, "time/update": t_update, "time/relabel": 0.0, "time/eval": t_eval,
+                          "time/model_update": t_model / args.train_steps, "time/sac_update": t_sac / args.train_steps})
+                if frames:
+                    envs.save_video(frames, os.path.join(args.run_dir, "videos", f"epoch{epoch + 1}.gif"))
+            checkpoint(epoch + 1)
+            progress.step("update", 0, f"{status(epoch + 1)} done | model {t_model / args.train_steps * 1e3:.1f} ms, "
+                          f"SAC {t_sac / args.train_steps * 1e3:.1f} ms per step | eval return {last_eval:.2f}",
+                          force=True)
+
+        # ALGO LOGIC: Alg. 2, experience relabeling on each test task (MIER); MIER-wR stops above
+        if args.relabel:
+            progress.remaining["relabel"] = ((n_relabel - len(extrapolation_returns)) * args.extrapolation_epochs
+                                             * args.sac_steps_per_epoch)
+            progress.step("relabel", 0, f"Alg. 2 ({relabel_mode} relabeling, env.varies = {env.varies}) on test tasks "
+                          f"{len(extrapolation_returns) + 1}-{n_relabel} of {n_relabel}", force=True)
+            for j in range(len(extrapolation_returns), n_relabel):
+                def on_step(e, s):  # a progress line at least every 30 s of Alg. 2
+                    progress.step("relabel", 1, f"Alg. 2 ({relabel_mode} relabeling): test task {j + 1}/{n_relabel} "
+                                  f"| epoch {e + 1}/{args.extrapolation_epochs} | SAC step {s + 1}")
+
+                result = experience_relabeling(env, test_tasks[j], model, sac, sac_opts, replay, relabel_mode, args,
+                                               device, rng, on_step=on_step)
+                extrapolation_returns.append(result)
+                checkpoint(args.num_epochs)
+                r = result["returns"]
+                progress.step("relabel", 0, f"Alg. 2: test task {j + 1}/{n_relabel} return {r[0]:.2f} (adapted) -> "
+                              f"{r[-1]:.2f} (relabeled); model held-out NLL {result['val_nll']:.3f}", force=True)
+            # one eval row per Alg. 2 epoch, averaged over test tasks (the first: adapted, not yet relabeled)
             R = np.array([e["returns"] for e in extrapolation_returns])
             T = np.array([e["timings"] for e in extrapolation_returns]).mean(0)
             nll_T = float(np.mean([e["val_nll"] for e in extrapolation_returns]))
@@ -710,5 +963,15 @@ if __name__ == "__main__":
                           "time/collect": t[0], "time/update": t[1], "time/relabel": t[2], "time/eval": t[3],
                           "time/relabel_round": t[4]})
             print(f"MIER, {len(R)} test tasks: return {R[:, 0].mean():.2f} (adapted) -> {R[:, -1].mean():.2f}")
-    env.close()
-    writer.close()
+        print(f"done: eval.jsonl and TensorBoard logs in {args.run_dir}"
+              + (f", checkpoint {ckpt_path}" if args.save_model else ""), flush=True)
+    except KeyboardInterrupt as e:
+        name = e.args[0] if e.args and e.args[0] in ("SIGINT", "SIGTERM") else "SIGINT"
+        print(f"stopped by {name}; " + (f"the last finished checkpoint is {saved}" if saved
+                                        else "no checkpoint was written yet"), file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[name])
+    finally:
+        if writer is not None:
+            writer.close()
+        if env is not None:
+            env.close()

@@ -10,8 +10,8 @@ russellmendonca/mier_public (TensorFlow 1). The paper numbers no equations; the 
 
 A Gaussian model p(s', r | s, a; theta, phi) predicts [r, s' - s] from [s, a, phi], phi a small latent context.
 Adapting to a task changes ONLY phi, by gradient steps on the model's negative log-likelihood (Eq. A) from the
-initial context phi_0; theta and phi_0 are meta-trained through those steps on a second batch (Eq. J, second
-order; --no-learn-context-init keeps phi_0 = 0, as the authors' code). SAC on
+initial context phi_0; theta is meta-trained through those steps on a second batch (Eq. J, second order). phi_0 is
+zero and fixed, as in the authors' code (--learn-context-init meta-learns it with theta, as Sec. 2 reads). SAC on
 [s, phi_T] learns from all tasks' data, each with its adapted context (Alg. 1): that alone is MIER-wR. At meta-test
 time MIER adapts phi further and keeps training SAC for the test task on meta-training transitions relabeled by
 the adapted model (Eq. R, Alg. 2): the reward only for reward shifts, one-step model rollouts for dynamics shifts.
@@ -102,7 +102,7 @@ class Args:
     """inner-loop step size alpha of Eq. A"""
     grad_clip: float = 10.0
     """norm clip of each task's inner gradient and of each outer gradient tensor"""
-    learn_context_init: bool = True
+    learn_context_init: bool = False
     """meta-learn phi_0 with theta (Sec. 2's 'context vector initialization'); off: phi_0 = 0, as the authors' code"""
     first_order: bool = False
     """drop the second-order terms of the meta-gradient (first-order MAML); faster, not the paper's method"""
@@ -158,7 +158,7 @@ class DynamicsModel(nn.Module):
     """Gaussian over [r, s' - s] given [s, a, phi]; `context` is phi_0, the pre-adaptation phi (zero, and
     meta-learned only with learn_context_init)."""
 
-    def __init__(self, obs_dim, act_dim, context_dim, hidden, layers, learn_context_init=True):
+    def __init__(self, obs_dim, act_dim, context_dim, hidden, layers, learn_context_init=False):
         super().__init__()
         self.context = nn.Parameter(torch.zeros(context_dim), requires_grad=learn_context_init)
         sizes = [obs_dim + act_dim + context_dim] + [hidden] * layers

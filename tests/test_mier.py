@@ -1,5 +1,6 @@
-"""mier.py: the inner loop against a hand-computed step, the second-order outer gradient, the relabeler, every bad
-input as one line, checkpoints and an exact resume after SIGTERM, and a learning test on point-robot."""
+"""mier.py: the inner loop against a hand-computed step, the second-order outer gradient, phi_0 fixed at zero by
+default, the relabeler, every bad input as one line, checkpoints and an exact resume after SIGTERM, and a learning
+test on point-robot."""
 
 import json
 import os
@@ -150,6 +151,23 @@ def test_relabeled_rewards_and_next_states_come_from_adapted_model(mode):
     np.testing.assert_array_equal(out["term"], (out["next_obs"][:, 0] > 0).astype(np.float32))
 
 
+def test_phi0_stays_zero_and_out_of_the_optimizer_by_default():
+    """The authors keep the initial context at zero and out of the trained variables (the default); with
+    --learn-context-init the outer loop moves it. The optimizer is built as mier.py builds it."""
+    assert mier.Args().learn_context_init is False
+    gen = torch.Generator().manual_seed(4)
+    adapt_batch, eval_batch = random_batch(3, 8, 3, 2, gen, torch.float32), random_batch(3, 8, 3, 2, gen, torch.float32)
+    for learn in (False, True):
+        model = mier.DynamicsModel(3, 2, 2, hidden=8, layers=1, learn_context_init=learn)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        before = [p.detach().clone() for p in model.body.parameters()]
+        for _ in range(3):
+            mier.meta_update(model, optimizer, adapt_batch, eval_batch, ARGS)
+        in_optimizer = any(p is model.context for group in optimizer.param_groups for p in group["params"])
+        assert in_optimizer == learn and (model.context.abs().sum() > 0) == learn
+        assert all((a - b).abs().max() > 0 for a, b in zip(before, model.body.parameters()))  # theta is trained
+
+
 # ---------------------------------------------------------------- command line, in process
 BAD_INPUTS = [  # (flags after --env point-robot, text the one error line must contain)
     (["--gamma", "2"], "--gamma 2.0"), (["--gamma", "0"], "--gamma 0.0"), (["--gamma", "nan"], "--gamma nan"),
@@ -223,7 +241,7 @@ def reference_run(tmp_path_factory):
     return d
 
 
-def test_reference_run_rows_checkpoint_and_fixed_phi0(reference_run):
+def test_reference_run_rows_and_checkpoint(reference_run):
     rows = read_rows(reference_run)
     assert [r["phase"] for r in rows] == ["meta-train"] * 3 + ["relabel"] * 3  # adapted, then after each epoch
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -231,7 +249,9 @@ def test_reference_run_rows_checkpoint_and_fixed_phi0(reference_run):
     ckpt = torch.load(os.path.join(reference_run, "checkpoint.pt"), weights_only=False)
     assert ckpt["script"] == "mier.py" and ckpt["env"] == "cheetah-negated-joints" and ckpt["epoch"] == 3
     assert len(ckpt["extrapolation_returns"]) == 2 and ckpt["replay"]["size"].sum() > 0
-    assert ckpt["model"]["context"].abs().sum() > 0  # phi_0 moved: the outer loop updated it
+    # phi_0 by default: still zero after 9 meta-updates, and the one model tensor the optimizer does not hold
+    assert not ckpt["model"]["context"].any()
+    assert len(ckpt["model_opt"]["param_groups"][0]["params"]) == len(ckpt["model"]) - 1
 
 
 def test_resume_refuses_other_scripts_envs_and_broken_files_in_one_line(reference_run, tmp_path, capsys):

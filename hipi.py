@@ -1,9 +1,10 @@
 """HIPI: Hindsight Inference for Policy Improvement — relabeling experience with inverse RL.
 
 Paper: B. Eysenbach, X. Geng, S. Levine, R. Salakhutdinov, "Rewriting History with Inverse RL: Hindsight
-Inference for Policy Improvement", NeurIPS 2020 (https://arxiv.org/abs/2002.11089).
+Inference for Policy Improvement", NeurIPS 2020 (https://arxiv.org/abs/2002.11089). Authors' code:
+google-research/google-research, folder hipi/ (TF-Agents 0.5.0 SAC; relabelling_replay_buffer.py, train_eval.py).
 
-Equation numbers are the paper's:
+Equation numbers are the paper's own:
   Eq. 7  optimal relabeling of a trajectory   q(psi | tau)  ∝ exp(R(tau, psi) - log Z(psi))  (used by HIPI-BC)
   Eq. 8  relabeling of a transition           q(psi | s, a) ∝ exp(Q(s, a, psi) - log Z(psi)) (used by HIPI-RL)
   §5.1   log Z(psi) estimated by Monte Carlo from the samples of one batch
@@ -29,17 +30,24 @@ exact multi-seed commands are in benchmarks/hipi.md, the equation-to-code map in
     python hipi.py --env four-rooms --relabel hipi      # and --relabel random | final | none
     python hipi.py --env point-robot --save-dataset runs/point-robot.npz
     python hipi.py --mode bc --env point-robot --dataset runs/point-robot.npz
+The paper's Fig. 5 comparison, reduced to sparse-point-robot (3 seeds):
+    python benchmarks/run.py hipi.py --env sparse-point-robot --name hipi-sparse-point-robot --seeds 1 2 3 \\
+      --variant hipi= --variant random="--relabel random" --variant final="--relabel final" \\
+      --variant none="--relabel none"
 """
 
+import contextlib
+import io
 import json
 import math
 import os
 import random
 import signal
 import sys
+import textwrap
 import time
-from dataclasses import asdict, dataclass
-from typing import Literal, Optional
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -68,9 +76,9 @@ class Args:
     env: str = "point-robot"
     """task family (python -m envs lists them); hipi.py serves families whose tasks vary the reward only"""
     total_timesteps: Optional[int] = None
-    """environment steps of --mode rl (default: per env, printed at start)"""
+    """environment steps of --mode rl (default: per env, shown by --help)"""
     resume: Optional[str] = None
-    """continue --mode rl from this checkpoint.pt (networks, optimizers, replay buffer, RNG state)"""
+    """continue --mode rl from this checkpoint.pt or run directory (networks, optimizers, buffer, RNG states)"""
     run_dir: Optional[str] = None
     """output directory (default runs/{env}__{exp_name}__{seed}__{unix time}; on --resume the checkpoint's)"""
 
@@ -94,9 +102,9 @@ class Args:
     learning_starts: Optional[int] = None
     """environment steps with uniform random actions before the first update (authors: 10,000)"""
     batch_size: Optional[int] = None
-    """minibatch size B (default: per env, printed; the relabeler costs O(B^2) network evaluations)"""
+    """minibatch size B (default: per env; the relabeler costs O(B^2) network evaluations)"""
     hidden: Optional[int] = None
-    """width of the two hidden layers of actor and critics (default: per env, printed)"""
+    """width of the two hidden layers of actor and critics (default: per env)"""
     lr: float = 3e-4
     """Adam learning rate of actor, critics and entropy temperature"""
     gamma: float = 0.99
@@ -108,7 +116,8 @@ class Args:
     updates_per_step: int = 1
     """gradient steps per environment step (the authors collect one step per training iteration)"""
     grad_clip: Optional[float] = None
-    """clip the global gradient norm of each network (App. C.1: 1.0 was needed on Sawyer; default: per env)"""
+    """clip the global gradient norm of each network, 0 = off (App. C.1: 1.0 was needed on Sawyer; default: per
+    env)"""
     eval_every: Optional[int] = None
     """environment steps per iteration; one evaluation, log line and checkpoint per iteration (default: per env)"""
     num_eval_tasks: int = 30
@@ -135,47 +144,7 @@ class Args:
     """behavior-cloning minibatch size"""
 
 
-# Per-env defaults. Batch 32 is the paper's (App. C.1) and the authors' README; hidden widths are App. C.1's
-# (32 for 2-D navigation, 64 for the others); 10,000 initial random steps are the authors'. The 2-D point families
-# of the other papers (horizon 20) get the 2-D navigation networks and 2,000 initial steps (100 episodes). A
-# finite task list (the paper's "discrete" task sets) is the whole candidate set: "finite" marks it.
-ENV_DEFAULTS = {
-    #                    steps    starts  eval   batch hidden clip  finite
-    "four-rooms":         (100_000, 10_000, 2_000, 32, 32, None, False),
-    "point-robot":        (30_000, 2_000, 2_000, 32, 32, None, False),
-    "sparse-point-robot": (50_000, 2_000, 2_000, 32, 32, None, False),
-    "four-corners":       (30_000, 2_000, 2_000, 32, 32, None, True),
-    "sawyer-reach":       (1_000_000, 10_000, 10_000, 32, 64, 1.0, False),
-    "sawyer-reach-margin": (1_000_000, 10_000, 10_000, 32, 64, 1.0, False),
-    "walker-linear":      (1_000_000, 10_000, 10_000, 32, 64, None, False),
-}
-FALLBACK = (1_000_000, 10_000, 10_000, 256, 256, None, False)  # the authors' train_eval.py defaults
-
-
-def resolve(args: Args) -> bool:
-    """Fill the None fields from ENV_DEFAULTS, check the numbers; returns whether the task list is finite."""
-    steps, starts, every, batch, hidden, clip, finite = ENV_DEFAULTS.get(args.env, FALLBACK)
-    for field, value in (("total_timesteps", steps), ("learning_starts", starts), ("eval_every", every),
-                         ("batch_size", batch), ("hidden", hidden), ("grad_clip", clip)):
-        if getattr(args, field) is None:
-            setattr(args, field, value)
-    positive = ("batch_size", "hidden", "eval_every", "updates_per_step", "num_eval_tasks", "dataset_episodes",
-                "bc_candidates", "bc_max_epochs", "bc_batch_size", "bc_patience")
-    for field in positive:
-        if getattr(args, field) <= 0:
-            raise SystemExit(f"error: --{field.replace('_', '-')} must be positive, got {getattr(args, field)}")
-    if args.total_timesteps < 0 or args.learning_starts < 0:
-        raise SystemExit("error: --total-timesteps and --learning-starts must be >= 0")
-    if not 0.0 <= args.relabel_fraction <= 1.0:
-        raise SystemExit(f"error: --relabel-fraction must lie in [0, 1], got {args.relabel_fraction}")
-    if not 0.0 < args.bc_val_fraction < 1.0:
-        raise SystemExit(f"error: --bc-val-fraction must lie in (0, 1), got {args.bc_val_fraction}")
-    if args.num_candidates is not None and args.num_candidates < 1:
-        raise SystemExit(f"error: --num-candidates must be >= 1, got {args.num_candidates}")
-    return finite
-
-
-# ALGO LOGIC: initialize agent here:
+# ---------------------------------------------------------------------------------------------------- networks
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -240,9 +209,12 @@ class Actor(nn.Module):
         return torch.tanh(self(obs, task)[0])
 
 
+# ----------------------------------------------------------------------------------------------- replay buffer
 class ReplayBuffer:
     """Preallocated transitions with their commanded task. ep_end[i] is the index of the last stored transition of
     i's episode so far (HER's final/future goals)."""
+
+    FIELDS = ("obs", "next_obs", "act", "task", "rew", "term", "ep_end")
 
     def __init__(self, capacity, obs_dim, act_dim, task_dim):
         self.capacity, self.ptr, self.size, self.ep_start = capacity, 0, 0, 0
@@ -254,7 +226,7 @@ class ReplayBuffer:
         self.term = np.zeros(capacity, bool)
         self.ep_end = np.zeros(capacity, np.int64)
 
-    def add(self, obs, act, rew, next_obs, term, task, episode_over):
+    def add(self, obs, act, rew, next_obs, term, task, *, episode_over):
         i = self.ptr
         self.obs[i], self.act[i], self.rew[i], self.next_obs[i], self.term[i], self.task[i] = (
             obs, act, rew, next_obs, term, task)
@@ -264,21 +236,38 @@ class ReplayBuffer:
         if episode_over:
             self.ep_start = self.ptr
 
+    def sample(self, idx):
+        return {k: getattr(self, k)[idx] for k in ("obs", "act", "next_obs", "task", "rew", "term")}
+
     def state(self):
-        n = self.size
-        return {k: getattr(self, k)[:n] for k in ("obs", "next_obs", "act", "task", "rew", "term", "ep_end")} | {
-            "ptr": self.ptr, "size": self.size, "ep_start": self.ep_start}
+        return {k: getattr(self, k)[: self.size] for k in self.FIELDS} | {
+            "capacity": self.capacity, "ptr": self.ptr, "size": self.size, "ep_start": self.ep_start}
 
     def load(self, state):
-        for k in ("obs", "next_obs", "act", "task", "rew", "term", "ep_end"):
-            getattr(self, k)[: state["size"]] = state[k]
-        self.ptr, self.size, self.ep_start = state["ptr"], state["size"], state["ep_start"]
+        """Restore a stored buffer; one of another capacity (a resumed run given a new length) is laid out oldest
+        first, as a run of this length would have stored it."""
+        n, ptr = state["size"], state["ptr"]
+        if state["capacity"] == self.capacity:
+            order, self.ptr, self.ep_start = np.arange(n), ptr, state["ep_start"]
+        else:
+            order = (ptr + np.arange(n)) % n if n == state["capacity"] else np.arange(n)
+            order = order[max(0, n - self.capacity):]
+            self.ptr, self.ep_start = len(order) % self.capacity, len(order) % self.capacity
+        for k in self.FIELDS:
+            getattr(self, k)[: len(order)] = state[k][order]
+        self.size = len(order)
 
 
-# ALGO LOGIC: the relabeler (Alg. 1 with Eq. 8 for transitions, Eq. 7 for trajectories)
-def utility(actor, qf1, obs, act, next_obs, candidates, rew, term, gamma):
-    """Alg. 1 / Eq. 8: L[i, j] = r(s_i, a_i, psi_j) - log pi(a_i | s_i, psi_j) + gamma (1 - d_ij) Q1(s'_i, a', psi_j)
-    with a' ~ pi(. | s'_i, psi_j): a one-step soft-Q estimate of every transition i under every candidate task j.
+# ------------------------------------------------------------------- HIPI-RL (Alg. 2) and its relabeler (Alg. 1)
+def command_tasks(env, finite, n, rng):
+    """Tasks commanded during collection: uniformly from a finite task list, otherwise from the task prior."""
+    return env.train_tasks[rng.integers(len(env.train_tasks), size=n)] if finite else env.sample_tasks(n, rng)
+
+
+def relabel_logits(actor, qf1, obs, act, next_obs, candidates, rew, term, gamma):
+    """Alg. 1 (blue line) / Eq. 8, as the authors compute it: L[i, j] = r(s_i, a_i, psi_j) - log pi(a_i | s_i, psi_j)
+    + gamma (1 - d_ij) Q1(s'_i, a', psi_j) with a' ~ pi(. | s'_i, psi_j), a one-step estimate of the soft Q-value of
+    transition i under candidate task j (Eq. 8 writes the soft Q alone; the -log pi term is the authors' code).
     obs/act/next_obs (B, .), candidates (K, task_dim), rew/term (B, K). One batched pass over the B*K pairs."""
     B, K, n = obs.shape[0], candidates.shape[0], obs.shape[0] * candidates.shape[0]
     # rows s_1..s_B, s'_1..s'_B, each repeated beside the K candidate tasks: one actor pass over all 2*B*K pairs
@@ -299,27 +288,37 @@ def log_partition(logits):
     return torch.logsumexp(logits, dim=0)
 
 
-def relabel_distribution(logits, partition=True):
-    """Eq. 7 / Eq. 8: log q(psi_j | row i) = log softmax_j (L[i, j] - log Z(psi_j)); --no-partition drops log Z."""
+def relabel_log_probs(logits, *, partition=True):
+    """Eq. 7 / Eq. 8 in log space: log q(psi_j | row i) = log softmax_j (L[i, j] - log Z(psi_j)), each row a
+    distribution over the K candidates; --no-partition drops log Z."""
     if partition:
         logits = logits - log_partition(logits)[None]
     return torch.log_softmax(logits, dim=1)
 
 
-def sample_rows(log_q, rng):
-    """One candidate index per row, j ~ Categorical(exp(log_q[i])), by the Gumbel-max trick."""
+def gumbel_max(log_q, rng):
+    """One candidate index per row, j ~ Categorical(exp(log_q[i])): argmax_j (log_q[i, j] + Gumbel noise)."""
     gumbel = -np.log(-np.log(rng.random(log_q.shape)))
     return np.argmax(log_q + gumbel, axis=1)
 
 
-def relabel(kind, batch, env, rb, idx, candidates, actor, qf1, args, rng, device, with_stats=True):
+def relabel(kind, batch, idx, rb, env, fixed_tasks, actor, qf1, args, rng, device, *, with_stats=True):
     """Relabel a sampled minibatch (Alg. 2): new tasks for a --relabel-fraction of the rows, then rewards and
     terminals for every row recomputed with env.evaluate. Returns (tasks, rew, term, stats); the diagnostics
     in stats cost about a tenth of the relabeling at batch 32, so the loop asks for them once per iteration."""
     obs, act, next_obs, tasks = batch["obs"], batch["act"], batch["next_obs"], batch["task"]
+    if kind == "none":
+        return tasks, batch["rew"], batch["term"], {}
     B = len(obs)
-    chosen = rng.random(B) < args.relabel_fraction  # the other rows keep their commanded task
     stats = {}
+    if kind in ("hipi", "random"):
+        if args.candidates == "next_states":
+            candidates = env.achieved_task(next_obs, tasks)
+        else:
+            candidates = fixed_tasks if fixed_tasks is not None else tasks
+        if args.num_candidates is not None and args.num_candidates < len(candidates):
+            candidates = candidates[rng.choice(len(candidates), args.num_candidates, replace=False)]
+    chosen = rng.random(B) < args.relabel_fraction  # the other rows keep their commanded task
     if kind in ("hipi", "random"):
         K = len(candidates)
         if kind == "hipi":
@@ -327,16 +326,18 @@ def relabel(kind, batch, env, rb, idx, candidates, actor, qf1, args, rng, device
             r, d = env.evaluate(obs[None], act[None], next_obs[None], candidates[:, None])
             t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
             with torch.no_grad():
-                L = utility(actor, qf1, t(obs), t(act), t(next_obs), t(candidates), t(r.T), t(d.T), args.gamma)
-                log_q = relabel_distribution(L, partition=not args.no_partition).cpu().double().numpy()
+                L = relabel_logits(actor, qf1, t(obs), t(act), t(next_obs), t(candidates), t(r.T), t(d.T),
+                                   args.gamma)
+                log_q = relabel_log_probs(L, partition=not args.no_partition).cpu().double().numpy()
                 if with_stats:
                     stats["relabel/mean_log_partition"] = log_partition(L).mean().item()
         else:
             log_q = np.full((B, K), -np.log(K))
-        j = sample_rows(log_q, rng)
+        j = gumbel_max(log_q, rng)
         new = candidates[j]
         if with_stats:
             stats["relabel/entropy"] = float(-(np.exp(log_q) * log_q).sum(1).mean())
+    # ---- baselines and ablations (not part of Algorithm 1) ----
     else:  # HER (App. C.1): the goal achieved at the episode's last step, or at one of the next 4 steps
         end_dist = (rb.ep_end[idx] - idx) % rb.capacity
         if kind == "final":
@@ -355,6 +356,42 @@ def relabel(kind, batch, env, rb, idx, candidates, actor, qf1, args, rng, device
     return tasks, rew, term, stats
 
 
+def sac_update(nets, opts, log_alpha, target_entropy, o, a, r, o2, d, p, args):
+    """One SAC gradient step on the relabeled minibatch (Alg. 2's last line): twin soft critics, actor, then the
+    entropy temperature, and Polyak averaging of the target critics. Returns the tensors that are logged."""
+    actor, qf1, qf2, qf1_target, qf2_target = (nets[k] for k in ("actor", "qf1", "qf2", "qf1_target", "qf2_target"))
+    alpha = log_alpha.exp().detach()
+    with torch.no_grad():  # soft Bellman target, bootstrapping through time-limit truncations
+        a2, logp2 = actor.sample(o2, p)
+        q_next = torch.min(qf1_target(o2, p, a2), qf2_target(o2, p, a2)) - alpha * logp2
+        y = r + args.gamma * (1.0 - d) * q_next
+    q1, q2 = qf1(o, p, a), qf2(o, p, a)
+    qf_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+    opts["q_optimizer"].zero_grad()
+    qf_loss.backward()
+    if args.grad_clip:
+        nn.utils.clip_grad_norm_(list(qf1.parameters()) + list(qf2.parameters()), args.grad_clip)
+    opts["q_optimizer"].step()
+
+    pi, logp = actor.sample(o, p)
+    actor_loss = (alpha * logp - torch.min(qf1(o, p, pi), qf2(o, p, pi))).mean()
+    opts["actor_optimizer"].zero_grad()
+    actor_loss.backward()
+    if args.grad_clip:
+        nn.utils.clip_grad_norm_(actor.parameters(), args.grad_clip)
+    opts["actor_optimizer"].step()
+    alpha_loss = -(log_alpha.exp() * (logp.detach() + target_entropy)).mean()
+    opts["a_optimizer"].zero_grad()
+    alpha_loss.backward()
+    opts["a_optimizer"].step()
+    with torch.no_grad():
+        for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+            for w, w_t in zip(net.parameters(), target.parameters()):
+                w_t.lerp_(w, args.tau)
+    return {"qf_loss": qf_loss, "actor_loss": actor_loss, "alpha": alpha, "qf1_values": q1.mean()}
+
+
+# ------------------------------------------------------------------------------------ HIPI-BC (Alg. 3)
 def trajectory_returns(env, data, candidates):
     """R(tau_n, psi_k) of Eq. 7 for every trajectory n and candidate k, as (N, K), together with each relabeled
     trajectory's length: under task psi_k the episode ends at its first terminal step (one vectorized call)."""
@@ -368,40 +405,6 @@ def trajectory_returns(env, data, candidates):
     return R, alive.sum(2).T
 
 
-# ALGO LOGIC: evaluation
-def evaluate_policy(env, policy, tasks, seed, video=None):
-    """One deterministic episode per task; returns (mean return, success rate or None). policy(obs, task)->action."""
-    returns, successes = [], []
-    for n, task in enumerate(tasks):
-        env.set_task(task)
-        obs, _ = env.reset(seed=seed + n)
-        ret, success, done = 0.0, False, False
-        while not done:
-            obs, r, term, trunc, info = env.step(policy(obs, task))
-            if video is not None and n == 0:
-                video.append(env.render())
-            ret, success, done = ret + r, success or bool(info.get("success", False)), term or trunc
-        returns.append(ret)
-        successes.append(success)
-    return float(np.mean(returns)), (float(np.mean(successes)) if env.has_success else None)
-
-
-def torch_policy(net, device):
-    def policy(obs, task):
-        with torch.no_grad():
-            o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            p = torch.as_tensor(task, dtype=torch.float32, device=device)[None]
-            return net.act(o, p)[0].cpu().numpy()
-    return policy
-
-
-def save_atomic(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-
-
-# ALGO LOGIC: HIPI-BC (Alg. 3)
 class BCPolicy(nn.Module):
     """2 x 256 ReLU MLP regressing normalized actions (App. C.2); task_dim 0 gives task-agnostic BC."""
 
@@ -449,25 +452,17 @@ def behavior_clone(X_obs, X_task, Y, train_rows, val_rows, stats, args, device, 
 def run_bc(args, env, finite, run_dir, writer, device, rng):
     """HIPI-BC (Alg. 3): relabel each trajectory with q(psi | tau) (Eq. 7), then task-conditioned behavior
     cloning; task-agnostic behavior cloning on the same trajectories is the baseline (§6.2)."""
-    if args.dataset is None or not os.path.isfile(args.dataset):
-        raise SystemExit(f"error: --mode bc needs --dataset PATH of an existing .npz (got {args.dataset})")
-    if args.relabel not in ("hipi", "random"):
-        raise SystemExit(f"error: --mode bc relabels with --relabel hipi or random, not '{args.relabel}'")
-    if args.resume is not None:
-        raise SystemExit("error: --resume applies to --mode rl; --mode bc trains in seconds")
     with np.load(args.dataset) as f:  # the stored task labels are never read: Alg. 3 discards them
         data = {k: f[k] for k in ("obs", "act", "next_obs", "length")}
-    if data["obs"].shape[2:] != env.observation_space.shape or data["act"].shape[2:] != env.action_space.shape:
-        raise SystemExit(f"error: {args.dataset} does not hold {args.env} trajectories (obs/action shapes differ)")
     t0 = time.time()
     candidates = env.train_tasks if finite else env.sample_tasks(args.bc_candidates, rng)
     R, lengths = trajectory_returns(env, data, candidates)
     R[:, 0] += args.first_task_reward_bias * lengths[:, 0]  # Fig. 8: one task's rewards on a different scale
     if args.relabel == "hipi":
-        log_q = relabel_distribution(torch.as_tensor(R), partition=not args.no_partition).numpy()
+        log_q = relabel_log_probs(torch.as_tensor(R), partition=not args.no_partition).numpy()
     else:
         log_q = np.full(R.shape, -np.log(len(candidates)))
-    k = sample_rows(log_q, rng)
+    k = gumbel_max(log_q, rng)
     N, T = data["obs"].shape[:2]
     length = lengths[np.arange(N), k]
     t_relabel = time.time() - t0
@@ -513,8 +508,9 @@ def run_bc(args, env, finite, run_dir, writer, device, rng):
     with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     if args.save_model:
-        save_atomic({"bc_task": hipi_net.state_dict(), "bc_agnostic": agn_net.state_dict(), "args": asdict(args),
-                     "candidates": candidates}, os.path.join(run_dir, "checkpoint.pt"))
+        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
+            "env": args.env, "args": asdict(args), "bc_task": hipi_net.state_dict(),
+            "bc_agnostic": agn_net.state_dict(), "candidates": candidates})
     print(f"HIPI-BC ({args.relabel}{', no log Z' if args.no_partition else ''}): test return {ret:.2f}"
           + (f" success {succ:.2f}" if succ is not None else "") + f" | task-agnostic BC: test return {agn_ret:.2f}"
           + (f" success {agn_succ:.2f}" if agn_succ is not None else "")
@@ -545,216 +541,507 @@ def save_dataset(path, env, actor, args, finite, rng, device):
     print(f"saved {n} trajectories ({length.sum()} steps) to {path}")
 
 
-def command_tasks(env, finite, n, rng):
-    """Tasks commanded during collection: uniformly from a finite task list, otherwise from the task prior."""
-    return env.train_tasks[rng.integers(len(env.train_tasks), size=n)] if finite else env.sample_tasks(n, rng)
+# -------------------------------------------------------------------------------------------------- evaluation
+def evaluate_policy(env, policy, tasks, seed, video=None):
+    """One deterministic episode per task; returns (mean return, success rate or None). policy(obs, task)->action."""
+    returns, successes = [], []
+    for n, task in enumerate(tasks):
+        env.set_task(task)
+        obs, _ = env.reset(seed=seed + n)
+        ret, success, done = 0.0, False, False
+        while not done:
+            obs, r, term, trunc, info = env.step(policy(obs, task))
+            if video is not None and n == 0:
+                video.append(env.render())
+            ret, success, done = ret + r, success or bool(info.get("success", False)), term or trunc
+        returns.append(ret)
+        successes.append(success)
+    return float(np.mean(returns)), (float(np.mean(successes)) if env.has_success else None)
+
+
+def torch_policy(net, device):
+    def policy(obs, task):
+        with torch.no_grad():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            p = torch.as_tensor(task, dtype=torch.float32, device=device)[None]
+            return net.act(o, p)[0].cpu().numpy()
+    return policy
+
+
+# ---------------------------------------------------------------------------------------------------- plumbing
+# Per-env defaults. Batch 32 is the paper's (App. C.1) and the authors' README; hidden widths are App. C.1's
+# (32 for 2-D navigation, 64 for the others); 10,000 initial random steps are the authors'. The 2-D point families
+# of the other papers (horizon 20) get the 2-D navigation networks and 2,000 initial steps (100 episodes).
+DEFAULTS = {"total_timesteps": 1_000_000, "learning_starts": 10_000, "eval_every": 10_000, "batch_size": 256,
+            "hidden": 256, "grad_clip": 0.0}  # the authors' train_eval.py defaults, for any other reward family
+NAVIGATION = {"learning_starts": 2_000, "eval_every": 2_000, "batch_size": 32, "hidden": 32}
+SAWYER = {"total_timesteps": 1_000_000, "learning_starts": 10_000, "eval_every": 10_000, "batch_size": 32,
+          "hidden": 64, "grad_clip": 1.0}
+PAPER_DEFAULTS = {
+    "four-rooms": {**NAVIGATION, "total_timesteps": 100_000, "learning_starts": 10_000},
+    "point-robot": {**NAVIGATION, "total_timesteps": 30_000},
+    "sparse-point-robot": {**NAVIGATION, "total_timesteps": 50_000},
+    "four-corners": {**NAVIGATION, "total_timesteps": 30_000},
+    "sawyer-reach": SAWYER,
+    "sawyer-reach-margin": SAWYER,
+    "walker-linear": {**SAWYER, "grad_clip": 0.0},
+}
+FINITE_TASK_LISTS = ("four-corners",)  # the paper's "discrete" task sets: the whole list is the candidate set
+# Seconds per 1,000 env steps with --relabel hipi at the env's defaults (one torch thread, this project's 2-core
+# development machine under a load average of 2-6, so read them as +-50 %): the cost line of --help.
+SECONDS_PER_1K_STEPS = {"point-robot": 6, "sparse-point-robot": 6, "four-corners": 6, "four-rooms": 7,
+                        "sawyer-reach": 12, "sawyer-reach-margin": 12, "walker-linear": 12}
+QUICK = {"point-robot": "python hipi.py --env point-robot --total-timesteps 6000",
+         "sparse-point-robot": "python hipi.py --env sparse-point-robot --relabel final --total-timesteps 12000"}
+
+CHECKPOINT_FORMAT = 1
+SCRIPT = os.path.basename(__file__)
+GIVEN_ON_RESUME = ("total_timesteps", "cuda", "capture_video", "run_dir", "save_model", "save_dataset",
+                   "dataset_episodes")
+
+
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr and exit code 2, as tyro does for a malformed flag."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def resolve(args: Args) -> Args:
+    """Fill every None default from the env's entry of PAPER_DEFAULTS."""
+    for k, v in {**DEFAULTS, **PAPER_DEFAULTS.get(args.env, {})}.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def check_args(args: Args, env) -> None:
+    """Every numeric and choice argument, before anything runs: one `error:` line and exit code 2 otherwise."""
+    if not 0 <= args.seed < 2**31:
+        fail(f"--seed {args.seed}: must be in [0, 2**31)")
+    ranges = {  # field: (lowest allowed, highest allowed, whether the lowest is excluded)
+        "total_timesteps": (1, None, False), "learning_starts": (0, None, False), "eval_every": (1, None, False),
+        "batch_size": (1, None, False), "hidden": (1, None, False), "buffer_size": (1, None, False),
+        "updates_per_step": (1, None, False), "num_eval_tasks": (1, None, False), "dataset_episodes": (1, None, False),
+        "bc_candidates": (1, None, False), "bc_patience": (1, None, False), "bc_max_epochs": (1, None, False),
+        "bc_batch_size": (1, None, False), "lr": (0.0, None, True), "gamma": (0.0, 1.0, True),
+        "tau": (0.0, 1.0, True), "grad_clip": (0.0, None, False), "relabel_fraction": (0.0, 1.0, False)}
+    for field, (lo, hi, open_lo) in ranges.items():
+        v = getattr(args, field)
+        ok = math.isfinite(v) and (v > lo if open_lo else v >= lo) and (hi is None or v <= hi)
+        if not ok:
+            allowed = (f"{'(' if open_lo else '['}{lo:g}, {hi:g}]" if hi is not None
+                       else f"{'> ' if open_lo else '>= '}{lo:g}")
+            fail(f"{flag(field)} {v}: must be {'in ' if hi is not None else ''}{allowed}")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        fail(f"--num-candidates {args.num_candidates}: must be >= 1 (or left out: all candidates)")
+    if not 0.0 < args.bc_val_fraction < 1.0:
+        fail(f"--bc-val-fraction {args.bc_val_fraction}: must be in (0, 1)")
+    if not math.isfinite(args.first_task_reward_bias):
+        fail(f"--first-task-reward-bias {args.first_task_reward_bias}: must be a finite number")
+    if env.varies != "reward":
+        fail(f"--env {args.env}: hipi.py relabels rewards, and {args.env} varies {env.varies}; it serves the reward "
+             f"families: {', '.join(n for n in envs.names() if n in PAPER_DEFAULTS) + ', ...'}")
+    goal_only = args.relabel in ("final", "future") or (args.candidates == "next_states" and args.mode == "rl")
+    if goal_only and not hasattr(env, "achieved_task"):
+        what = f"--relabel {args.relabel}" if args.relabel in ("final", "future") else "--candidates next_states"
+        fail(f"{what} needs a goal family (env.achieved_task); {args.env} has none: use --relabel hipi, random or "
+             "none with --candidates tasks")
+    if args.mode == "bc":
+        if args.relabel not in ("hipi", "random"):
+            fail(f"--relabel {args.relabel}: --mode bc relabels with --relabel hipi or random")
+        if args.dataset is None or not os.path.isfile(args.dataset):
+            fail(f"--dataset {args.dataset}: --mode bc needs the .npz written by --mode rl --save-dataset")
+        try:
+            with np.load(args.dataset) as f:
+                shapes = f["obs"].shape[2:], f["act"].shape[2:]
+        except Exception as e:
+            fail(f"--dataset {args.dataset}: not a dataset of --save-dataset ({type(e).__name__})")
+        if shapes != (env.observation_space.shape, env.action_space.shape):
+            fail(f"--dataset {args.dataset}: does not hold {args.env} trajectories (obs/action shapes differ)")
+
+
+def parse_args(argv: list[str], description: str) -> Args:
+    """tyro.cli, with tyro's boxed parse errors condensed to one `error: ...` line (exit code 2 kept)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, description=description, args=argv)
+    except SystemExit as e:
+        text = captured.getvalue()
+        if e.code == 2 and text:
+            lines = [line.strip("│╭╮╰╯─ ") for line in text.splitlines()[1:]]
+            body = []
+            for line in lines:  # the box's first paragraph is the message; a rule ends it
+                if not line:
+                    if body:
+                        break
+                    continue
+                body.append(line)
+            fail(" ".join(body))
+        sys.stderr.write(text)
+        raise
+
+
+def help_text(env_name: str) -> str:
+    """--help's description: the resolved defaults of --env and what a run of that size costs."""
+    head = __doc__.split("\n\n")[0]
+    if env_name not in envs.names():
+        rows = [f"  {name}: " + ", ".join(f"{k}={v}" for k, v in {**DEFAULTS, **d}.items())
+                for name, d in PAPER_DEFAULTS.items()]
+        return head + "\n\nper-env defaults (choose one with --env):\n" + "\n".join(rows)
+    d = {**DEFAULTS, **PAPER_DEFAULTS.get(env_name, {})}
+    text = textwrap.fill(f"paper defaults for --env {env_name}: " + " ".join(f"{k}={v}" for k, v in d.items())
+                         + (" (the whole finite task list is the candidate set)"
+                            if env_name in FINITE_TASK_LISTS else ""), 110)
+    if env_name in SECONDS_PER_1K_STEPS:
+        hours = SECONDS_PER_1K_STEPS[env_name] * d["total_timesteps"] / 1000 / 3600
+        text += (f"\n\na paper-size run costs ~{hours:.1f} h on a 2-core CPU (measured: seconds per 1,000 env steps "
+                 f"of --relabel hipi at these defaults, one torch thread)")
+    if env_name in QUICK:
+        text += f"; learning shows within minutes with: {QUICK[env_name]}"
+    return head + "\n\n" + text
+
+
+def typed_fields(argv: list[str]) -> set[str]:
+    """The Args fields named on the command line (--flag, --flag=v, --no-flag)."""
+    names = {f.name for f in fields(Args)}
+    typed = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=")[0].replace("-", "_")
+            typed.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
+    return typed
+
+
+def parse_command_line(argv: list[str]):
+    """argv -> Args (merged with a --resume checkpoint's), the training and evaluation envs, whether the task list
+    is finite, and the checkpoint (or None). Every bad input ends here with one line and exit code 2."""
+    env_name = Args.env
+    for i, token in enumerate(argv):
+        if token == "--env" and i + 1 < len(argv):
+            env_name = argv[i + 1]
+        elif token.startswith("--env="):
+            env_name = token.split("=", 1)[1]
+    args = parse_args(argv, help_text(env_name))
+    ckpt = None
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume)
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        typed, stored = typed_fields(argv), ckpt["args"]
+        for f in fields(Args):
+            name, given, old = f.name, getattr(args, f.name), stored.get(f.name)
+            if name == "resume" or (name in typed and given == old):
+                continue
+            if name not in typed:
+                setattr(args, name, old)
+            elif name == "env":
+                fail(f"--resume {path}: written for --env {old}, not --env {given}")
+            elif name in GIVEN_ON_RESUME:
+                print(f"warning: {flag(name)} {given} (the checkpoint's run had {old}): using {given}", file=sys.stderr)
+            else:
+                print(f"warning: {flag(name)} {given} differs from the checkpoint's {old}: using the checkpoint's {old}",
+                      file=sys.stderr)
+                setattr(args, name, old)
+        if "run_dir" not in typed:
+            args.run_dir = os.path.dirname(os.path.abspath(path))
+    resolve(args)
+    if args.env not in envs.names():
+        fail(f"--env {args.env}: unknown; choose one of {', '.join(envs.names())}")
+    try:  # the envs' own seeds never matter here: every reset below passes a seed or a stored RNG state
+        env = envs.make(args.env)
+        eval_env = envs.make(args.env, **({"render_mode": "rgb_array"} if args.capture_video else {}))
+    except ValueError as e:
+        fail(f"--env {args.env}: {e}")
+    check_args(args, env)
+    return args, env, eval_env, args.env in FINITE_TASK_LISTS, ckpt
+
+
+class Progress:
+    """One progress line now and then whenever `every` seconds have passed: what runs, work done / total and an
+    ETA from the rates measured so far. The time between two calls is charged to the kind of work reported."""
+
+    def __init__(self, remaining: dict[str, float], every: float = 30.0):
+        self.remaining, self.every = dict(remaining), every
+        self.measured, self.spent = dict.fromkeys(remaining, 0.0), dict.fromkeys(remaining, 0.0)
+        self.t_last = self.t_start = time.time()
+        self.t_printed = -float("inf")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
+        with work left has been measured)."""
+        left = [k for k, v in self.remaining.items() if v > 0]
+        if any(self.measured[k] == 0 for k in left):
+            return None
+        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+
+    def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
+        now = time.time()
+        self.spent[kind] += now - self.t_last
+        self.measured[kind] += amount
+        self.remaining[kind] -= amount
+        self.t_last = now
+        if force or now - self.t_printed >= self.every:
+            self.t_printed = now
+            eta = self.eta()
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
+                  flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
+    previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(resume: str) -> dict:
+    """The checkpoint at `resume` (a file or a run directory holding checkpoint.pt), or a one-line error."""
+    path = os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
+    if not os.path.isfile(path):
+        fail(f"--resume {resume}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty or not a torch file
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); it may have been cut off mid-write")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        who = ckpt.get("script", "an unknown script") if isinstance(ckpt, dict) else "an unknown script"
+        fail(f"--resume {path}: written by {who}, not {SCRIPT}")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"--resume {path}: checkpoint format {ckpt.get('format')}, this {SCRIPT} reads format {CHECKPOINT_FORMAT}")
+    if "global_step" not in ckpt:
+        fail(f"--resume {path}: a --mode bc checkpoint; --resume continues --mode rl runs")
+    return ckpt
+
+
+def keep_rows_up_to(path: str, iteration: int) -> None:
+    """Rewrite eval.jsonl with only the rows of iterations <= `iteration` (temp file + rename): rows a crashed run
+    wrote after its last checkpoint are written again, identically, by the resumed run."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip().startswith("{") and line.strip().endswith("}")
+                and json.loads(line)["iteration"] <= iteration]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(path + ".tmp", path)
+
+
+def start_episode(env, task, seed=None):
+    """Set the task and reset; returns the first observation and the record that replays the episode on resume."""
+    env.set_task(task)
+    record = {"task": task, "seed": seed, "rng": env.np_random.bit_generator.state, "actions": []}
+    obs, _ = env.reset(seed=seed)
+    return obs, record
+
+
+def replay_episode(env, record):
+    """Bring `env` back to where a checkpoint left it mid-episode: the episode's reset and actions again (the env
+    is deterministic given its RNG state). Returns (obs, episode return, episode length)."""
+    env.set_task(record["task"])
+    env.np_random.bit_generator.state = record["rng"]
+    obs, _ = env.reset(seed=record["seed"])
+    ep_return = 0.0
+    for action in record["actions"]:
+        obs, r, _, _, _ = env.step(action)
+        ep_return += r
+    return obs, ep_return, len(record["actions"])
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    finite = resolve(args)
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    writer, env, eval_env, last_checkpoint = None, None, None, None
     try:
-        env = envs.make(args.env, seed=args.seed)
-        eval_env = envs.make(args.env, seed=args.seed + 1, **({"render_mode": "rgb_array"} if args.capture_video
-                                                                 else {}))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    if env.varies != "reward":
-        raise SystemExit(f"error: hipi.py relabels rewards, and '{args.env}' varies {env.varies}; use a reward family "
-                         f"({', '.join(ENV_DEFAULTS)})")
-    if (args.relabel in ("final", "future") or args.candidates == "next_states") and not hasattr(env, "achieved_task"):
-        what = f"--relabel {args.relabel}" if args.relabel in ("final", "future") else "--candidates next_states"
-        raise SystemExit(f"error: {what} needs a goal family (env.achieved_task); '{args.env}' has none: use "
-                         "--relabel hipi, random or none with --candidates tasks")
-    ckpt = None
-    if args.resume is not None:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f"error: --resume {args.resume}: no such checkpoint")
-        ckpt = torch.load(args.resume, weights_only=False)
-        if ckpt.get("args", {}).get("env") != args.env:
-            raise SystemExit(f"error: {args.resume} was trained on {ckpt.get('args', {}).get('env')}, not {args.env}")
-        args.run_dir = args.run_dir or os.path.dirname(os.path.abspath(args.resume))
-    run_dir = args.run_dir or f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=2)
-    print("resolved args: " + " ".join(f"{k}={v}" for k, v in asdict(args).items()))
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        args, env, eval_env, finite, ckpt = parse_command_line(sys.argv[1:])
+        run_dir = args.run_dir or f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+        os.makedirs(run_dir, exist_ok=True)
+        if os.path.exists(ckpt_path + ".tmp"):
+            os.remove(ckpt_path + ".tmp")
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+        print("resolved args: " + " ".join(f"{k}={v}" for k, v in asdict(args).items()))
+        writer = SummaryWriter(run_dir, purge_step=None if ckpt is None else ckpt["global_step"] + 1)
+        if ckpt is None:
+            writer.add_text("hyperparameters",
+                            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        rng = np.random.default_rng(args.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    if args.mode == "bc":
-        run_bc(args, env, finite, run_dir, writer, device, rng)
-        writer.close()
-        sys.exit(0)
+        if args.mode == "bc":
+            run_bc(args, env, finite, run_dir, writer, device, rng)
+            raise SystemExit(0)
 
-    obs_dim, act_dim, task_dim = env.observation_space.shape[0], env.action_space.shape[0], env.task_dim
-    actor = Actor(obs_dim, act_dim, task_dim, args.hidden).to(device)
-    qf1, qf2 = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
-    qf1_target, qf2_target = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
-    target_entropy = -float(act_dim)  # SAC's entropy constraint, -|A| (App. C.1)
-    log_alpha = torch.zeros(1, requires_grad=True, device=device)
-    a_optimizer = torch.optim.Adam([log_alpha], lr=args.lr)
-    rb = ReplayBuffer(min(args.buffer_size, max(args.total_timesteps, 1)), obs_dim, act_dim, task_dim)
-    nets = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
-    opts = {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
-    global_step, start_iteration = 0, 0
-    if ckpt is not None:
-        for k, m in (nets | opts).items():
-            m.load_state_dict(ckpt[k])
-        with torch.no_grad():
-            log_alpha.copy_(ckpt["log_alpha"])
-        rb.load(ckpt["buffer"])
-        rb.ep_start = rb.ptr  # the interrupted episode ends where it was cut; a new one starts
-        rng.bit_generator.state = ckpt["np_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
-        print(f"resumed from {args.resume} at step {global_step} (the interrupted episode restarts)")
+        obs_dim, act_dim, task_dim = env.observation_space.shape[0], env.action_space.shape[0], env.task_dim
+        actor = Actor(obs_dim, act_dim, task_dim, args.hidden).to(device)
+        qf1, qf2 = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
+        qf1_target, qf2_target = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
+        qf1_target.load_state_dict(qf1.state_dict())
+        qf2_target.load_state_dict(qf2.state_dict())
+        nets = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
+        opts = {"q_optimizer": torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.lr),
+                "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.lr)}
+        target_entropy = -float(act_dim)  # SAC's entropy constraint, -|A| (App. C.1)
+        log_alpha = torch.zeros(1, requires_grad=True, device=device)
+        opts["a_optimizer"] = torch.optim.Adam([log_alpha], lr=args.lr)
+        rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, task_dim)
+        fixed_tasks = env.train_tasks if finite else None
+        global_step, start_iteration, wall_before = 0, 0, 0.0
+        if ckpt is None:
+            task = command_tasks(env, finite, 1, rng)[0]
+            obs, episode = start_episode(env, task, seed=args.seed)
+            ep_return, ep_len = 0.0, 0
+        else:
+            for k, m in (nets | opts).items():
+                m.load_state_dict(ckpt[k])
+            with torch.no_grad():
+                log_alpha.copy_(ckpt["log_alpha"])
+            rb.load(ckpt["buffer"])
+            rng.bit_generator.state = ckpt["np_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            global_step, start_iteration, wall_before = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["wall_time"]
+            episode = ckpt["episode"]
+            task = episode["task"]
+            obs, ep_return, ep_len = replay_episode(env, episode)
+            episode["actions"] = list(episode["actions"])
+            env.np_random.bit_generator.state = ckpt["env_rng"]
+            keep_rows_up_to(os.path.join(run_dir, "eval.jsonl"), ckpt["iteration"])
+            last_checkpoint = (ckpt_path if os.path.isfile(ckpt_path) else args.resume, ckpt["iteration"])
+            print(f"resumed from {args.resume} at iteration {ckpt['iteration'] + 1}, step {global_step:,}")
 
-    n_iterations = -(-args.total_timesteps // args.eval_every)
-    candidates_fixed = env.train_tasks if finite else None
-    task = command_tasks(env, finite, 1, rng)[0]
-    env.set_task(task)
-    obs, _ = env.reset(seed=args.seed + global_step)
-    ep_return, ep_len, start_time, start_step = 0.0, 0, time.time(), global_step
-    interrupted = []  # Ctrl-C ends the run after the current step; a second Ctrl-C kills it at once
-    signal.signal(signal.SIGINT, lambda *_: (interrupted.append(1), signal.signal(signal.SIGINT, signal.SIG_DFL)))
-    for iteration in range(start_iteration, n_iterations):
-        times = {"collect": 0.0, "update": 0.0, "relabel": 0.0}
-        grad_steps, it_stats = 0, {}
-        while global_step < min((iteration + 1) * args.eval_every, args.total_timesteps) and not interrupted:
-            # ----- collect one step; the time limit truncates without a terminal (critics bootstrap through it)
-            t0 = time.perf_counter()
-            if global_step < args.learning_starts:
-                action = rng.uniform(-1, 1, act_dim).astype(np.float32)
-            else:
-                with torch.no_grad():
-                    a, _ = actor.sample(torch.as_tensor(obs, device=device)[None],
-                                        torch.as_tensor(task, dtype=torch.float32, device=device)[None])
-                action = a[0].cpu().numpy()
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            rb.add(obs, action, reward, next_obs, terminated, task, terminated or truncated)
-            obs, ep_return, ep_len, global_step = next_obs, ep_return + reward, ep_len + 1, global_step + 1
-            if terminated or truncated:
-                writer.add_scalar("charts/episodic_return", ep_return, global_step)
-                writer.add_scalar("charts/episodic_length", ep_len, global_step)
-                task = command_tasks(env, finite, 1, rng)[0]
-                env.set_task(task)
-                obs, _ = env.reset()
-                ep_return, ep_len = 0.0, 0
-            times["collect"] += time.perf_counter() - t0
-            if global_step < args.learning_starts:
-                continue
-
-            # ALGO LOGIC: training (Alg. 2: sample a minibatch, relabel it, one SAC step)
-            for _ in range(args.updates_per_step):
+        n_iterations = -(-args.total_timesteps // args.eval_every)
+        grad_steps_left = lambda step: args.updates_per_step * max(0, args.total_timesteps - max(step, args.learning_starts))
+        progress = Progress({"collect": args.total_timesteps - global_step, "update": grad_steps_left(global_step),
+                             "eval": n_iterations - start_iteration})
+        start_time, start_step, last_eval = time.time(), global_step, "none yet"
+        status = lambda what: (f"iteration {iteration + 1}/{n_iterations} | {what} | env steps "
+                               f"{global_step:,}/{args.total_timesteps:,} | last eval {last_eval}")
+        iteration = start_iteration
+        progress.step("collect", 0, status("starting"), force=True)
+        for iteration in range(start_iteration, n_iterations):
+            end = min((iteration + 1) * args.eval_every, args.total_timesteps)
+            times = {"collect": 0.0, "update": 0.0, "relabel": 0.0}
+            grad_steps, it_stats = 0, {}
+            while global_step < end:
+                # ----- Alg. 2, collect: one step of pi(. | s, psi) for the commanded task; the time limit truncates
+                # without a terminal (the critics bootstrap through it)
                 t0 = time.perf_counter()
-                idx = rng.integers(rb.size, size=args.batch_size)
-                batch = {k: getattr(rb, k)[idx] for k in ("obs", "act", "next_obs", "task", "rew", "term")}
-                t_sample = time.perf_counter()
-                if args.relabel == "none":
-                    b_task, b_rew, b_term = batch["task"], batch["rew"], batch["term"]
+                if global_step < args.learning_starts:
+                    action = rng.uniform(-1, 1, act_dim).astype(np.float32)
                 else:
-                    if args.candidates == "next_states":
-                        cands = env.achieved_task(batch["next_obs"], batch["task"])
-                    else:
-                        cands = candidates_fixed if candidates_fixed is not None else batch["task"]
-                    if args.num_candidates is not None and args.num_candidates < len(cands):
-                        cands = cands[rng.choice(len(cands), args.num_candidates, replace=False)]
-                    last = global_step == min((iteration + 1) * args.eval_every, args.total_timesteps)
-                    b_task, b_rew, b_term, stats = relabel(args.relabel, batch, env, rb, idx, cands, actor, qf1,
-                                                          args, rng, device, with_stats=last)
+                    with torch.no_grad():
+                        a, _ = actor.sample(torch.as_tensor(obs, device=device)[None],
+                                            torch.as_tensor(task, dtype=torch.float32, device=device)[None])
+                    action = a[0].cpu().numpy()
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                episode["actions"].append(action)
+                rb.add(obs, action, reward, next_obs, terminated, task, episode_over=terminated or truncated)
+                obs, ep_return, ep_len, global_step = next_obs, ep_return + reward, ep_len + 1, global_step + 1
+                if terminated or truncated:
+                    writer.add_scalar("charts/episodic_return", ep_return, global_step)
+                    writer.add_scalar("charts/episodic_length", ep_len, global_step)
+                    task = command_tasks(env, finite, 1, rng)[0]
+                    obs, episode = start_episode(env, task)
+                    ep_return, ep_len = 0.0, 0
+                times["collect"] += time.perf_counter() - t0
+                progress.step("collect", 1, status("collecting"))
+                if global_step < args.learning_starts:
+                    continue
+
+                # ----- Alg. 2, train: sample a minibatch, relabel it (Alg. 1), one SAC step
+                for _ in range(args.updates_per_step):
+                    t0 = time.perf_counter()
+                    idx = rng.integers(rb.size, size=args.batch_size)
+                    batch = rb.sample(idx)
+                    t_sample = time.perf_counter()
+                    b_task, b_rew, b_term, stats = relabel(args.relabel, batch, idx, rb, env, fixed_tasks, actor, qf1,
+                                                           args, rng, device, with_stats=global_step == end)
                     it_stats |= stats
-                t1 = time.perf_counter()
-                times["relabel"] += t1 - t_sample
-                t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
-                o, a, o2, p, r, d = (t(batch["obs"]), t(batch["act"]), t(batch["next_obs"]), t(b_task), t(b_rew),
-                                     t(b_term))
-                alpha = log_alpha.exp().detach()
-                with torch.no_grad():  # soft Bellman target, bootstrapping through time-limit truncations
-                    a2, logp2 = actor.sample(o2, p)
-                    q_next = torch.min(qf1_target(o2, p, a2), qf2_target(o2, p, a2)) - alpha * logp2
-                    y = r + args.gamma * (1.0 - d) * q_next
-                q1, q2 = qf1(o, p, a), qf2(o, p, a)
-                qf_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                if args.grad_clip:
-                    nn.utils.clip_grad_norm_(list(qf1.parameters()) + list(qf2.parameters()), args.grad_clip)
-                q_optimizer.step()
+                    t1 = time.perf_counter()
+                    times["relabel"] += t1 - t_sample
+                    t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
+                    losses = sac_update(nets, opts, log_alpha, target_entropy, t(batch["obs"]), t(batch["act"]),
+                                        t(b_rew), t(batch["next_obs"]), t(b_term), t(b_task), args)
+                    times["update"] += time.perf_counter() - t1 + (t_sample - t0)
+                    grad_steps += 1
+                    progress.step("update", 1, status("training"))
 
-                pi, logp = actor.sample(o, p)
-                actor_loss = (alpha * logp - torch.min(qf1(o, p, pi), qf2(o, p, pi))).mean()
-                actor_optimizer.zero_grad()
-                actor_loss.backward()
-                if args.grad_clip:
-                    nn.utils.clip_grad_norm_(actor.parameters(), args.grad_clip)
-                actor_optimizer.step()
-                alpha_loss = -(log_alpha.exp() * (logp.detach() + target_entropy)).mean()
-                a_optimizer.zero_grad()
-                alpha_loss.backward()
-                a_optimizer.step()
-                with torch.no_grad():
-                    for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                        for w, w_t in zip(net.parameters(), target.parameters()):
-                            w_t.lerp_(w, args.tau)
-                times["update"] += time.perf_counter() - t1 + (t_sample - t0)
-                grad_steps += 1
+            # ----- evaluation (one deterministic episode per test and train task), log row, checkpoint
+            t0 = time.perf_counter()
+            frames = [] if args.capture_video else None
+            test, train = env.test_tasks[: args.num_eval_tasks], env.train_tasks[: args.num_eval_tasks]
+            ret, succ = evaluate_policy(eval_env, torch_policy(actor, device), test, args.seed + 10_000, frames)
+            ret_train, _ = evaluate_policy(eval_env, torch_policy(actor, device), train, args.seed + 20_000)
+            times["eval"] = time.perf_counter() - t0
+            if frames:
+                envs.save_video(frames, os.path.join(run_dir, "videos", f"eval_{global_step}.gif"))
+            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
+            record = {"iteration": iteration, "env_steps": global_step, "wall_time": time.time(), "eval/return": ret,
+                      "eval/return_train_tasks": ret_train, "grad_steps": grad_steps,
+                      **{f"time/{k}": v for k, v in times.items()},
+                      "time/per_grad_step": (times["update"] + times["relabel"]) / max(grad_steps, 1)}
+            if succ is not None:
+                record["eval/success_rate"] = succ
+            record |= it_stats  # relabel/* of the iteration's last minibatch
+            if grad_steps:
+                record |= {f"losses/{k}": v.item() for k, v in losses.items()}
+            for key, value in record.items():
+                if "/" in key:
+                    writer.add_scalar(key, value, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if args.save_model:
+                save_checkpoint(ckpt_path, {
+                    "env": args.env, "args": asdict(args), "iteration": iteration, "global_step": global_step,
+                    "wall_time": wall_before + time.time() - start_time,
+                    **{k: m.state_dict() for k, m in (nets | opts).items()}, "log_alpha": log_alpha.detach().clone(),
+                    "buffer": rb.state(), "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "episode": {**episode, "actions": np.array(episode["actions"], np.float32).reshape(-1, act_dim)},
+                    "env_rng": env.np_random.bit_generator.state})
+                last_checkpoint = (ckpt_path, iteration)
+            last_eval = f"return {ret:.2f}" + (f" success {succ:.2f}" if succ is not None else "")
+            progress.step("eval", 1, status(f"{1000 * record['time/per_grad_step']:.1f} ms per grad step"), force=True)
 
-        if interrupted:
-            print(f"interrupted at step {global_step}: finished iterations are in {run_dir}/eval.jsonl and "
-                  "checkpoint.pt (continue with --resume)")
-            break
-
-        # TRY NOT TO MODIFY: evaluation, logging, checkpoint
-        t0 = time.perf_counter()
-        frames = [] if args.capture_video else None
-        test, train = env.test_tasks[: args.num_eval_tasks], env.train_tasks[: args.num_eval_tasks]
-        ret, succ = evaluate_policy(eval_env, torch_policy(actor, device), test, args.seed + 10_000, frames)
-        ret_train, _ = evaluate_policy(eval_env, torch_policy(actor, device), train, args.seed + 20_000)
-        times["eval"] = time.perf_counter() - t0
-        if frames:
-            envs.save_video(frames, os.path.join(run_dir, "videos", f"eval_{global_step}.gif"))
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        record = {"iteration": iteration, "env_steps": global_step, "wall_time": time.time(), "eval/return": ret,
-                  "eval/return_train_tasks": ret_train, "grad_steps": grad_steps,
-                  **{f"time/{k}": v for k, v in times.items()},
-                  "time/per_grad_step": (times["update"] + times["relabel"]) / max(grad_steps, 1)}
-        if succ is not None:
-            record["eval/success_rate"] = succ
-        record |= it_stats  # relabel/* of the iteration's last minibatch
-        if grad_steps:
-            record |= {"losses/qf_loss": qf_loss.item(), "losses/actor_loss": actor_loss.item(),
-                       "losses/alpha": alpha.item(), "losses/qf1_values": q1.mean().item()}
-        for key, value in record.items():
-            if "/" in key:
-                writer.add_scalar(key, value, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if args.save_model:
-            save_atomic({**{k: m.state_dict() for k, m in (nets | opts).items()}, "log_alpha": log_alpha.detach(),
-                         "buffer": rb.state(), "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                         "global_step": global_step, "iteration": iteration, "args": asdict(args)},
-                        os.path.join(run_dir, "checkpoint.pt"))
-        eta = (args.total_timesteps - global_step) / max(sps, 1)
-        print(f"it {iteration + 1}/{n_iterations} step {global_step}/{args.total_timesteps} SPS {sps} "
-              f"eval return {ret:.2f}" + (f" success {succ:.2f}" if succ is not None else "")
-              + f" | {1000 * record['time/per_grad_step']:.1f} ms/grad step ETA {eta / 60:.1f} min", flush=True)
-
-    if args.save_dataset and not interrupted:
-        save_dataset(args.save_dataset, env, actor, args, finite, rng, device)
-    env.close()
-    eval_env.close()
-    writer.close()
+        if args.save_dataset:
+            save_dataset(args.save_dataset, env, actor, args, finite, rng, device)
+        print(f"done: eval.jsonl and TensorBoard logs in {run_dir}"
+              + (f", checkpoint {ckpt_path}" if args.save_model else ""))
+    except KeyboardInterrupt as e:
+        name = e.args[0] if e.args else "SIGINT"
+        where = (f"the last finished checkpoint is {last_checkpoint[0]} (iteration {last_checkpoint[1]})"
+                 if last_checkpoint else "no checkpoint was written yet")
+        print(f"stopped by {name}; {where}", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[name].value)
+    finally:
+        if writer is not None:
+            writer.close()
+        for e in (env, eval_env):
+            if e is not None:
+                e.close()

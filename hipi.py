@@ -11,14 +11,16 @@ Equation numbers are the paper's own:
   Alg. 1 approximate inverse RL, Alg. 2 HIPI-RL (off-policy RL), Alg. 3 HIPI-BC (behavior cloning).
 
 --mode rl (Alg. 2): task-conditioned SAC (the task vector is concatenated to the observation). Every sampled
-minibatch is relabeled at SAMPLE time. For the B transitions and K candidate tasks (the batch's own B tasks, or
-every task of a family with a finite task list) one batched pass builds the B x K logit matrix
+minibatch is relabeled at SAMPLE time, as in the authors' relabelling_replay_buffer.py. For the B transitions and
+the K tasks of the task set (the batch's own B commanded tasks, or every task of a finite task list) one batched
+pass builds the B x K logit matrix
     L[i, j] = r(s_i, a_i, psi_j) - log pi(a_i | s_i, psi_j) + gamma (1 - d_ij) Q1(s'_i, a', psi_j),
     a' ~ pi(. | s'_i, psi_j)                                      (one-step soft-Q estimate, Eq. 8)
-subtracts from each task column its log-sum-exp over the batch (log Z, §5.1), samples one task per row from the
-row's softmax, keeps the original task on the other rows (App. C.1: 50 % relabeled), and recomputes rewards
-and terminals with env.evaluate. Baselines: --relabel random (uniform over the same candidates), final and
-future (HER, Andrychowicz et al. 2017; goal families only), none (plain multi-task SAC); --no-partition drops
+subtracts from each task column its log-sum-exp over the batch (log Z, §5.1), samples one index j per row from
+the row's softmax, turns j into the new task (--candidates: task j, or the goal reached by state / next state j
+of the batch), keeps the original task on the other rows (App. C.1: 50 % relabeled), and recomputes rewards and
+terminals with env.evaluate. Baselines: --relabel random (a uniform index), final and future (HER, Andrychowicz
+et al. 2017, as the authors store it; goal families only), none (plain multi-task SAC); --no-partition drops
 log Z (the paper's Fig. 8 ablation).
 --mode bc (Alg. 3): load trajectories saved by --mode rl --save-dataset, discard their task labels, relabel
 each trajectory by Eq. 7 over candidate tasks, fit a task-conditioned policy by behavior cloning, and compare it
@@ -27,13 +29,13 @@ with task-agnostic behavior cloning on the test tasks.
 Quick start (point-robot, learning visible within minutes), then the paper's comparisons at reduced size (the
 exact multi-seed commands are in benchmarks/hipi.md, the equation-to-code map in docs/hipi.md):
     python hipi.py
-    python hipi.py --env four-rooms --relabel hipi      # and --relabel random | final | none
+    python hipi.py --env four-rooms --relabel hipi      # and --relabel random | final | future | none
     python hipi.py --env point-robot --save-dataset runs/point-robot.npz
     python hipi.py --mode bc --env point-robot --dataset runs/point-robot.npz
 The paper's Fig. 5 comparison, reduced to sparse-point-robot (3 seeds):
     python benchmarks/run.py hipi.py --env sparse-point-robot --name hipi-sparse-point-robot --seeds 1 2 3 \\
       --variant hipi= --variant random="--relabel random" --variant final="--relabel final" \\
-      --variant none="--relabel none"
+      --variant future="--relabel future" --variant none="--relabel none"
 """
 
 import contextlib
@@ -76,7 +78,7 @@ class Args:
     env: str = "point-robot"
     """task family (python -m envs lists them); hipi.py serves families whose tasks vary the reward only"""
     total_timesteps: Optional[int] = None
-    """environment steps of --mode rl (default: per env, shown by --help)"""
+    """environment steps of --mode rl (None: the env's default, listed at the top of --help)"""
     resume: Optional[str] = None
     """continue --mode rl from this checkpoint.pt or run directory (networks, optimizers, buffer, RNG states)"""
     run_dir: Optional[str] = None
@@ -86,19 +88,22 @@ class Args:
     mode: Literal["rl", "bc"] = "rl"
     """rl: HIPI-RL (Alg. 2) on SAC; bc: HIPI-BC (Alg. 3) on a dataset saved by --mode rl --save-dataset"""
     relabel: Literal["hipi", "random", "final", "future", "none"] = "hipi"
-    """hipi: inverse-RL relabeling (Eq. 8, Eq. 7 in bc mode); random: uniform over the candidates; final/future:
-    HER's final or one of the next 4 achieved goals (goal families); none: no relabeling"""
+    """hipi: inverse-RL relabeling (Eq. 8, Eq. 7 in bc mode); random: a uniform index instead of Eq. 8's; final /
+    future: HER as the authors' code (goal families): each finished episode stored with 1 copy relabeled to its
+    final achieved goal / 4 copies relabeled to goals achieved later in it; none: no relabeling"""
     relabel_fraction: float = 0.5
-    """fraction of each minibatch given a relabeled task; the rest keep the commanded task (App. C.1, Appendix D:
-    100 % was worse). The authors' code names the complement relabel_prob."""
+    """hipi / random: fraction of each minibatch given a relabeled task; the rest keep the commanded task (App. C.1,
+    App. D: 100 % was worse). The authors' code names the complement relabel_prob. HER's is fixed by its copies."""
     no_partition: bool = False
     """drop the log-partition term log Z(psi) from the relabeling logits (the paper's Fig. 8 ablation)"""
-    candidates: Literal["tasks", "next_states"] = "tasks"
-    """candidate tasks of --relabel hipi/random: the minibatch's commanded tasks (the authors' README), or the
-    goals its next states achieve (the authors' goal-reaching variant; goal families only)"""
+    candidates: Literal["tasks", "states", "next_states", "scored_next_states"] = "tasks"
+    """what a row's sampled index j becomes (the authors' candidate_task_type; the logits always run over the
+    batch's commanded tasks, or the finite task list): tasks = task j (the authors' README); states / next_states
+    = the goal achieved by state / next state j of the batch (the authors' code default: states). Not the
+    authors': scored_next_states scores the goals the batch's next states achieve themselves (goal families)"""
     num_candidates: Optional[int] = None
-    """candidate tasks per relabeled minibatch: default all (the batch's B tasks, or the finite task list); fewer
-    = a random subset of the batch's tasks, cost O(B x K)"""
+    """tasks in Eq. 8's logits per minibatch: default all (the batch's B tasks, or the finite task list); fewer =
+    a random subset, cost O(B x K)"""
     learning_starts: Optional[int] = None
     """environment steps with uniform random actions before the first update (authors: 10,000)"""
     batch_size: Optional[int] = None
@@ -115,9 +120,11 @@ class Args:
     """replay capacity in transitions (memory O(capacity x (2 obs + action + task) dims))"""
     updates_per_step: int = 1
     """gradient steps per environment step (the authors collect one step per training iteration)"""
+    target_entropy: Optional[float] = None
+    """SAC's entropy target (default -|A|/2: tf_agents 0.5.0's, which the authors' train_eval.py keeps; App. C.1
+    writes -|A|)"""
     grad_clip: Optional[float] = None
-    """clip the global gradient norm of each network, 0 = off (App. C.1: 1.0 was needed on Sawyer; default: per
-    env)"""
+    """clip the global gradient norm of each network, 0 = off (App. C.1: 1.0 was needed on Sawyer; None: per env)"""
     eval_every: Optional[int] = None
     """environment steps per iteration; one evaluation, log line and checkpoint per iteration (default: per env)"""
     num_eval_tasks: int = 30
@@ -211,48 +218,47 @@ class Actor(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- replay buffer
 class ReplayBuffer:
-    """Preallocated transitions with their commanded task. ep_end[i] is the index of the last stored transition of
-    i's episode so far (HER's final/future goals)."""
+    """Preallocated transitions (s, a, r, s', terminal) with the task they are labeled with, first in first out."""
 
-    FIELDS = ("obs", "next_obs", "act", "task", "rew", "term", "ep_end")
+    FIELDS = ("obs", "act", "rew", "next_obs", "term", "task")
 
     def __init__(self, capacity, obs_dim, act_dim, task_dim):
-        self.capacity, self.ptr, self.size, self.ep_start = capacity, 0, 0, 0
+        self.capacity, self.ptr, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, obs_dim), np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), np.float32)
         self.act = np.zeros((capacity, act_dim), np.float32)
         self.task = np.zeros((capacity, task_dim), np.float64)
         self.rew = np.zeros(capacity, np.float64)
         self.term = np.zeros(capacity, bool)
-        self.ep_end = np.zeros(capacity, np.int64)
 
-    def add(self, obs, act, rew, next_obs, term, task, *, episode_over):
+    def add(self, obs, act, rew, next_obs, term, task):
         i = self.ptr
         self.obs[i], self.act[i], self.rew[i], self.next_obs[i], self.term[i], self.task[i] = (
             obs, act, rew, next_obs, term, task)
-        self.ep_end[(np.arange(self.ep_start, self.ep_start + (i - self.ep_start) % self.capacity + 1))
-                    % self.capacity] = i
         self.ptr, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
-        if episode_over:
-            self.ep_start = self.ptr
+
+    def add_rows(self, rows):
+        """Store rows (a dict of equally long arrays, one per field) in order."""
+        for row in zip(*(rows[k] for k in self.FIELDS)):
+            self.add(*row)
 
     def sample(self, idx):
         return {k: getattr(self, k)[idx] for k in ("obs", "act", "next_obs", "task", "rew", "term")}
 
     def state(self):
         return {k: getattr(self, k)[: self.size] for k in self.FIELDS} | {
-            "capacity": self.capacity, "ptr": self.ptr, "size": self.size, "ep_start": self.ep_start}
+            "capacity": self.capacity, "ptr": self.ptr, "size": self.size}
 
     def load(self, state):
         """Restore a stored buffer; one of another capacity (a resumed run given a new length) is laid out oldest
         first, as a run of this length would have stored it."""
         n, ptr = state["size"], state["ptr"]
         if state["capacity"] == self.capacity:
-            order, self.ptr, self.ep_start = np.arange(n), ptr, state["ep_start"]
+            order, self.ptr = np.arange(n), ptr
         else:
             order = (ptr + np.arange(n)) % n if n == state["capacity"] else np.arange(n)
             order = order[max(0, n - self.capacity):]
-            self.ptr, self.ep_start = len(order) % self.capacity, len(order) % self.capacity
+            self.ptr = len(order) % self.capacity
         for k in self.FIELDS:
             getattr(self, k)[: len(order)] = state[k][order]
         self.size = len(order)
@@ -302,53 +308,49 @@ def gumbel_max(log_q, rng):
     return np.argmax(log_q + gumbel, axis=1)
 
 
-def relabel(kind, batch, idx, rb, env, fixed_tasks, actor, qf1, args, rng, device, *, with_stats=True):
-    """Relabel a sampled minibatch (Alg. 2): new tasks for a --relabel-fraction of the rows, then rewards and
-    terminals for every row recomputed with env.evaluate. Returns (tasks, rew, term, stats); the diagnostics
-    in stats cost about a tenth of the relabeling at batch 32, so the loop asks for them once per iteration."""
+def relabel(kind, batch, env, fixed_tasks, actor, qf1, args, rng, device, *, with_stats=True):
+    """Relabel a sampled minibatch (Alg. 2, as the authors' _soft_relabel): Eq. 8's logits of every transition under
+    every task of the task set (the batch's commanded tasks, or the finite task list), one index j sampled per row,
+    and for a --relabel-fraction of the rows the new task that index stands for (--candidates); rewards and
+    terminals recomputed with env.evaluate. Returns (tasks, rew, term, stats); the diagnostics in stats cost about
+    a tenth of the relabeling at batch 32, so the loop asks for them once per iteration."""
     obs, act, next_obs, tasks = batch["obs"], batch["act"], batch["next_obs"], batch["task"]
-    if kind == "none":
+    if kind in ("none", "final", "future"):  # no relabeling at sample time (HER relabels when an episode is stored)
         return tasks, batch["rew"], batch["term"], {}
-    B = len(obs)
-    stats = {}
-    if kind in ("hipi", "random"):
-        if args.candidates == "next_states":
-            candidates = env.achieved_task(next_obs, tasks)
-        else:
-            candidates = fixed_tasks if fixed_tasks is not None else tasks
-        if args.num_candidates is not None and args.num_candidates < len(candidates):
-            candidates = candidates[rng.choice(len(candidates), args.num_candidates, replace=False)]
+    B, stats = len(obs), {}
+    task_set = fixed_tasks if fixed_tasks is not None else tasks
+    if args.candidates == "scored_next_states":  # this project's variant, not the authors': the goals the batch's
+        task_set = env.achieved_task(next_obs, tasks)  # next states achieve are themselves the task set scored
+    rows = np.arange(len(task_set))  # the batch row each task of the set came from
+    if args.num_candidates is not None and args.num_candidates < len(task_set):
+        rows = rng.choice(len(task_set), args.num_candidates, replace=False)
+        task_set = task_set[rows]
     chosen = rng.random(B) < args.relabel_fraction  # the other rows keep their commanded task
-    if kind in ("hipi", "random"):
-        K = len(candidates)
-        if kind == "hipi":
-            # (K, B) rewards and terminals of every transition under every candidate: one vectorized call
-            r, d = env.evaluate(obs[None], act[None], next_obs[None], candidates[:, None])
-            t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
-            with torch.no_grad():
-                L = relabel_logits(actor, qf1, t(obs), t(act), t(next_obs), t(candidates), t(r.T), t(d.T),
-                                   args.gamma)
-                log_q = relabel_log_probs(L, partition=not args.no_partition).cpu().double().numpy()
-                if with_stats:
-                    stats["relabel/mean_log_partition"] = log_partition(L).mean().item()
-        else:
-            log_q = np.full((B, K), -np.log(K))
-        j = gumbel_max(log_q, rng)
-        new = candidates[j]
-        if with_stats:
-            stats["relabel/entropy"] = float(-(np.exp(log_q) * log_q).sum(1).mean())
-    # ---- baselines and ablations (not part of Algorithm 1) ----
-    else:  # HER (App. C.1): the goal achieved at the episode's last step, or at one of the next 4 steps
-        end_dist = (rb.ep_end[idx] - idx) % rb.capacity
-        if kind == "final":
-            at = rb.ep_end[idx]
-        else:
-            at = (idx + (rng.random(B) * np.minimum(4, end_dist + 1)).astype(np.int64)) % rb.capacity
-        new = env.achieved_task(rb.next_obs[at], tasks)
+    K = len(task_set)
+    if kind == "hipi":
+        # (K, B) rewards and terminals of every transition under every task of the set: one vectorized call
+        r, d = env.evaluate(obs[None], act[None], next_obs[None], task_set[:, None])
+        t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
+        with torch.no_grad():
+            L = relabel_logits(actor, qf1, t(obs), t(act), t(next_obs), t(task_set), t(r.T), t(d.T), args.gamma)
+            log_q = relabel_log_probs(L, partition=not args.no_partition).cpu().double().numpy()
+            if with_stats:
+                stats["relabel/mean_log_partition"] = log_partition(L).mean().item()
+    else:  # the authors' "random": uniform logits, the same gathering
+        log_q = np.full((B, K), -np.log(K))
+    j = gumbel_max(log_q, rng)
+    # only now does --candidates matter: the sampled index j becomes task j itself, or the goal that state j of the
+    # batch achieves (the authors' gather after tf.random.categorical)
+    if args.candidates in ("tasks", "scored_next_states"):
+        new = task_set[j]
+    else:
+        new = env.achieved_task((obs if args.candidates == "states" else next_obs)[rows[j]], tasks)
+    if with_stats:
+        stats["relabel/entropy"] = float(-(np.exp(log_q) * log_q).sum(1).mean())
     tasks = np.where(chosen[:, None], new, tasks)
-    if kind == "hipi":  # env.evaluate's values for the chosen tasks are already in the K x B matrices
-        rows = np.arange(B)
-        rew, term = np.where(chosen, r[j, rows], batch["rew"]), np.where(chosen, d[j, rows], batch["term"])
+    if kind == "hipi" and args.candidates in ("tasks", "scored_next_states"):
+        b = np.arange(B)  # env.evaluate's values for the new tasks are already in the K x B matrices
+        rew, term = np.where(chosen, r[j, b], batch["rew"]), np.where(chosen, d[j, b], batch["term"])
     else:
         rew, term = env.evaluate(obs, act, next_obs, tasks)
     if with_stats:
@@ -356,9 +358,38 @@ def relabel(kind, batch, idx, rb, env, fixed_tasks, actor, qf1, args, rng, devic
     return tasks, rew, term, stats
 
 
+# ---- baselines and ablations (not part of Algorithm 1) ----
+# --relabel random (uniform logits), --no-partition (Fig. 8) and --candidates scored_next_states (this project's
+# variant) are one marked line each in the relabeler above; the HER baselines of Fig. 5 store relabeled copies.
+HER_FUTURE_GOALS = 4  # the authors' num_future_states (App. C.1: "one of the next 4 states")
+
+
+def her_relabel(kind, episode, env, rng):
+    """HER (Andrychowicz et al. 2017) as the authors' GoalRelabellingReplayBuffer._add_batch with the README's
+    keep_current_goal=True: once an episode of T transitions has ended, transition t is stored as commanded and
+    with copies relabeled to the goal achieved at the episode's last step (final: 1 copy, so 1/2 of the stored
+    transitions are relabeled) or at steps j ~ U{t, ..., T-1} drawn independently over the rest of the whole
+    episode (future: 4 copies, 4/5 relabeled); their rewards and terminals are recomputed for the new goals. The
+    goal of step j is the one its next state achieves (these families score the state reached; docs/hipi.md).
+    episode: dict of (T, .) arrays; returns the rows to store, each transition followed by its copies."""
+    T = len(episode["rew"])
+    if kind == "final":
+        at = np.full((T, 1), T - 1)
+    else:
+        at = rng.integers(np.arange(T)[:, None], T, size=(T, HER_FUTURE_GOALS))
+    src = np.repeat(np.arange(T), at.shape[1])  # the transition each copy is made from
+    goals = env.achieved_task(episode["next_obs"][at.ravel()], episode["task"][src])
+    rew, term = env.evaluate(episode["obs"][src], episode["act"][src], episode["next_obs"][src], goals)
+    copies = {k: episode[k][src] for k in ("obs", "act", "next_obs")} | {"task": goals, "rew": rew, "term": term}
+    order = np.argsort(np.concatenate([np.arange(T) * (at.shape[1] + 1), np.arange(T * at.shape[1]) + src + 1]),
+                       kind="stable")
+    return {k: np.concatenate([episode[k], copies[k]])[order] for k in ReplayBuffer.FIELDS}
+
+
 def sac_update(nets, opts, log_alpha, target_entropy, o, a, r, o2, d, p, args):
-    """One SAC gradient step on the relabeled minibatch (Alg. 2's last line): twin soft critics, actor, then the
-    entropy temperature, and Polyak averaging of the target critics. Returns the tensors that are logged."""
+    """One SAC gradient step on the relabeled minibatch (Alg. 2's last line), in tf_agents 0.5.0's order: twin soft
+    critics, the actor against the updated critics, then the entropy temperature on log alpha with a fresh action
+    of the updated actor; Polyak averaging of the target critics. Returns the tensors that are logged."""
     actor, qf1, qf2, qf1_target, qf2_target = (nets[k] for k in ("actor", "qf1", "qf2", "qf1_target", "qf2_target"))
     alpha = log_alpha.exp().detach()
     with torch.no_grad():  # soft Bellman target, bootstrapping through time-limit truncations
@@ -369,7 +400,7 @@ def sac_update(nets, opts, log_alpha, target_entropy, o, a, r, o2, d, p, args):
     qf_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
     opts["q_optimizer"].zero_grad()
     qf_loss.backward()
-    if args.grad_clip:
+    if args.grad_clip:  # one global norm per network; tf_agents clips each weight tensor's norm separately
         nn.utils.clip_grad_norm_(list(qf1.parameters()) + list(qf2.parameters()), args.grad_clip)
     opts["q_optimizer"].step()
 
@@ -380,7 +411,9 @@ def sac_update(nets, opts, log_alpha, target_entropy, o, a, r, o2, d, p, args):
     if args.grad_clip:
         nn.utils.clip_grad_norm_(actor.parameters(), args.grad_clip)
     opts["actor_optimizer"].step()
-    alpha_loss = -(log_alpha.exp() * (logp.detach() + target_entropy)).mean()
+    with torch.no_grad():
+        _, logp_new = actor.sample(o, p)
+    alpha_loss = (log_alpha * (-logp_new - target_entropy)).mean()  # tf_agents: log alpha * (H(pi) - target)
     opts["a_optimizer"].zero_grad()
     alpha_loss.backward()
     opts["a_optimizer"].step()
@@ -587,12 +620,11 @@ PAPER_DEFAULTS = {
     "walker-linear": {**SAWYER, "grad_clip": 0.0},
 }
 FINITE_TASK_LISTS = ("four-corners",)  # the paper's "discrete" task sets: the whole list is the candidate set
-# Seconds per 1,000 env steps with --relabel hipi at the env's defaults (one torch thread, this project's 2-core
-# development machine under a load average of 2-6, so read them as +-50 %): the cost line of --help.
-SECONDS_PER_1K_STEPS = {"point-robot": 6, "sparse-point-robot": 6, "four-corners": 6, "four-rooms": 7,
-                        "sawyer-reach": 12, "sawyer-reach-margin": 12, "walker-linear": 12}
-QUICK = {"point-robot": "python hipi.py --env point-robot --total-timesteps 6000",
-         "sparse-point-robot": "python hipi.py --env sparse-point-robot --relabel final --total-timesteps 12000"}
+# CPU seconds per 1,000 training env steps (one env step + one gradient step) with --relabel hipi at the env's
+# defaults, one torch thread, measured on this project's 2-core development machine under a load average of ~7
+# (all methods measured 3-8 s there, none consistently cheaper): the cost line of --help, +-50 %.
+SECONDS_PER_1K_STEPS = {"point-robot": 5, "sparse-point-robot": 5, "four-corners": 5, "four-rooms": 5}
+QUICK = {"point-robot": "python hipi.py --env point-robot --total-timesteps 6000"}
 
 CHECKPOINT_FORMAT = 1
 SCRIPT = os.path.basename(__file__)
@@ -640,16 +672,26 @@ def check_args(args: Args, env) -> None:
         fail(f"--num-candidates {args.num_candidates}: must be >= 1 (or left out: all candidates)")
     if not 0.0 < args.bc_val_fraction < 1.0:
         fail(f"--bc-val-fraction {args.bc_val_fraction}: must be in (0, 1)")
-    if not math.isfinite(args.first_task_reward_bias):
-        fail(f"--first-task-reward-bias {args.first_task_reward_bias}: must be a finite number")
+    for field in ("first_task_reward_bias", "target_entropy"):
+        if not math.isfinite(getattr(args, field)):
+            fail(f"{flag(field)} {getattr(args, field)}: must be a finite number")
     if env.varies != "reward":
-        fail(f"--env {args.env}: hipi.py relabels rewards, and {args.env} varies {env.varies}; it serves the reward "
-             f"families: {', '.join(n for n in envs.names() if n in PAPER_DEFAULTS) + ', ...'}")
-    goal_only = args.relabel in ("final", "future") or (args.candidates == "next_states" and args.mode == "rl")
+        fail(f"--env {args.env}: hipi.py relabels rewards, and {args.env} varies {env.varies}; it serves the families "
+             f"whose tasks vary the reward only, e.g. {', '.join(PAPER_DEFAULTS)}")
+    if args.mode == "rl" and args.relabel in ("none", "final", "future"):
+        for field, default in (("candidates", "tasks"), ("num_candidates", None), ("relabel_fraction", 0.5)):
+            if getattr(args, field) != default:
+                fail(f"{flag(field)} {getattr(args, field)}: applies to --relabel hipi and random, not "
+                     f"--relabel {args.relabel}" + (" (HER relabels 1/2 (final) or 4/5 (future) of what it stores)"
+                                                    if field == "relabel_fraction" else ""))
+    goal_only = args.relabel in ("final", "future") or (args.candidates != "tasks" and args.mode == "rl")
     if goal_only and not hasattr(env, "achieved_task"):
-        what = f"--relabel {args.relabel}" if args.relabel in ("final", "future") else "--candidates next_states"
-        fail(f"{what} needs a goal family (env.achieved_task); {args.env} has none: use --relabel hipi, random or "
+        what = f"--relabel {args.relabel}" if args.relabel in ("final", "future") else f"--candidates {args.candidates}"
+        fail(f"{what}: needs a goal family (env.achieved_task); {args.env} has none: use --relabel hipi, random or "
              "none with --candidates tasks")
+    if args.mode == "rl" and args.candidates in ("states", "next_states") and args.env in FINITE_TASK_LISTS:
+        fail(f"--candidates {args.candidates}: the sampled index would pick a batch row's state, but {args.env}'s "
+             "logits run over its finite task list, not over the batch; use --candidates tasks")
     if args.mode == "bc":
         if args.relabel not in ("hipi", "random"):
             fail(f"--relabel {args.relabel}: --mode bc relabels with --relabel hipi or random")
@@ -695,12 +737,14 @@ def help_text(env_name: str) -> str:
         return head + "\n\nper-env defaults (choose one with --env):\n" + "\n".join(rows)
     d = {**DEFAULTS, **PAPER_DEFAULTS.get(env_name, {})}
     text = textwrap.fill(f"paper defaults for --env {env_name}: " + " ".join(f"{k}={v}" for k, v in d.items())
-                         + (" (the whole finite task list is the candidate set)"
-                            if env_name in FINITE_TASK_LISTS else ""), 110)
+                         + " (0 = off) target_entropy=-|A|/2" + (" (the whole finite task list is the task set)"
+                                                                 if env_name in FINITE_TASK_LISTS else ""), 110)
     if env_name in SECONDS_PER_1K_STEPS:
-        hours = SECONDS_PER_1K_STEPS[env_name] * d["total_timesteps"] / 1000 / 3600
-        text += (f"\n\na paper-size run costs ~{hours:.1f} h on a 2-core CPU (measured: seconds per 1,000 env steps "
-                 f"of --relabel hipi at these defaults, one torch thread)")
+        minutes = SECONDS_PER_1K_STEPS[env_name] * d["total_timesteps"] / 1000 / 60
+        text += (f"\n\na paper-size run costs ~{minutes / 60:.2g} h (~{minutes:.0f} min) on a 2-core CPU (measured: "
+                 "CPU seconds per 1,000 env steps of --relabel hipi at these defaults, one torch thread)")
+    else:
+        text += f"\n\nthe cost of a {d['total_timesteps']:,}-step run on --env {env_name} was not measured"
     if env_name in QUICK:
         text += f"; learning shows within minutes with: {QUICK[env_name]}"
     return head + "\n\n" + text
@@ -756,6 +800,8 @@ def parse_command_line(argv: list[str]):
         eval_env = envs.make(args.env, **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
         fail(f"--env {args.env}: {e}")
+    if args.target_entropy is None:  # tf_agents 0.5.0 SacAgent's default, kept by the authors' train_eval.py
+        args.target_entropy = -env.action_space.shape[0] / 2
     check_args(args, env)
     return args, env, eval_env, args.env in FINITE_TASK_LISTS, ckpt
 
@@ -849,15 +895,16 @@ def start_episode(env, task, seed=None):
 
 def replay_episode(env, record):
     """Bring `env` back to where a checkpoint left it mid-episode: the episode's reset and actions again (the env
-    is deterministic given its RNG state). Returns (obs, episode return, episode length)."""
+    is deterministic given its RNG state). Returns the last observation and the episode's transitions so far."""
     env.set_task(record["task"])
     env.np_random.bit_generator.state = record["rng"]
     obs, _ = env.reset(seed=record["seed"])
-    ep_return = 0.0
+    steps = []
     for action in record["actions"]:
-        obs, r, _, _, _ = env.step(action)
-        ep_return += r
-    return obs, ep_return, len(record["actions"])
+        next_obs, r, term, _, _ = env.step(action)
+        steps.append((obs, action, r, next_obs, term, record["task"]))
+        obs = next_obs
+    return obs, steps
 
 
 def raise_interrupt(signum, frame):
@@ -904,16 +951,17 @@ if __name__ == "__main__":
         nets = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
         opts = {"q_optimizer": torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.lr),
                 "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=args.lr)}
-        target_entropy = -float(act_dim)  # SAC's entropy constraint, -|A| (App. C.1)
         log_alpha = torch.zeros(1, requires_grad=True, device=device)
         opts["a_optimizer"] = torch.optim.Adam([log_alpha], lr=args.lr)
-        rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, task_dim)
+        her = args.relabel in ("final", "future")  # HER stores each finished episode with relabeled copies
+        rows_per_step = {"final": 2, "future": 1 + HER_FUTURE_GOALS}.get(args.relabel, 1)
+        rb = ReplayBuffer(min(args.buffer_size, rows_per_step * args.total_timesteps), obs_dim, act_dim, task_dim)
         fixed_tasks = env.train_tasks if finite else None
         global_step, start_iteration, wall_before = 0, 0, 0.0
         if ckpt is None:
             task = command_tasks(env, finite, 1, rng)[0]
             obs, episode = start_episode(env, task, seed=args.seed)
-            ep_return, ep_len = 0.0, 0
+            steps = []  # the transitions of the episode so far
         else:
             for k, m in (nets | opts).items():
                 m.load_state_dict(ckpt[k])
@@ -927,7 +975,7 @@ if __name__ == "__main__":
             global_step, start_iteration, wall_before = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["wall_time"]
             episode = ckpt["episode"]
             task = episode["task"]
-            obs, ep_return, ep_len = replay_episode(env, episode)
+            obs, steps = replay_episode(env, episode)
             episode["actions"] = list(episode["actions"])
             env.np_random.bit_generator.state = ckpt["env_rng"]
             keep_rows_up_to(os.path.join(run_dir, "eval.jsonl"), ckpt["iteration"])
@@ -960,17 +1008,22 @@ if __name__ == "__main__":
                     action = a[0].cpu().numpy()
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 episode["actions"].append(action)
-                rb.add(obs, action, reward, next_obs, terminated, task, episode_over=terminated or truncated)
-                obs, ep_return, ep_len, global_step = next_obs, ep_return + reward, ep_len + 1, global_step + 1
+                steps.append((obs, action, reward, next_obs, terminated, task))
+                if not her:
+                    rb.add(obs, action, reward, next_obs, terminated, task)
+                obs, global_step = next_obs, global_step + 1
                 if terminated or truncated:
-                    writer.add_scalar("charts/episodic_return", ep_return, global_step)
-                    writer.add_scalar("charts/episodic_length", ep_len, global_step)
+                    if her:
+                        rb.add_rows(her_relabel(args.relabel, dict(zip(ReplayBuffer.FIELDS, map(np.array, zip(*steps)))),
+                                                env, rng))
+                    writer.add_scalar("charts/episodic_return", sum(step[2] for step in steps), global_step)
+                    writer.add_scalar("charts/episodic_length", len(steps), global_step)
                     task = command_tasks(env, finite, 1, rng)[0]
                     obs, episode = start_episode(env, task)
-                    ep_return, ep_len = 0.0, 0
+                    steps = []
                 times["collect"] += time.perf_counter() - t0
                 progress.step("collect", 1, status("collecting"))
-                if global_step < args.learning_starts:
+                if global_step < args.learning_starts or rb.size == 0:  # (HER: no episode has ended yet)
                     continue
 
                 # ----- Alg. 2, train: sample a minibatch, relabel it (Alg. 1), one SAC step
@@ -979,13 +1032,13 @@ if __name__ == "__main__":
                     idx = rng.integers(rb.size, size=args.batch_size)
                     batch = rb.sample(idx)
                     t_sample = time.perf_counter()
-                    b_task, b_rew, b_term, stats = relabel(args.relabel, batch, idx, rb, env, fixed_tasks, actor, qf1,
-                                                           args, rng, device, with_stats=global_step == end)
+                    b_task, b_rew, b_term, stats = relabel(args.relabel, batch, env, fixed_tasks, actor, qf1, args,
+                                                           rng, device, with_stats=global_step == end)
                     it_stats |= stats
                     t1 = time.perf_counter()
                     times["relabel"] += t1 - t_sample
                     t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
-                    losses = sac_update(nets, opts, log_alpha, target_entropy, t(batch["obs"]), t(batch["act"]),
+                    losses = sac_update(nets, opts, log_alpha, args.target_entropy, t(batch["obs"]), t(batch["act"]),
                                         t(b_rew), t(batch["next_obs"]), t(b_term), t(b_task), args)
                     times["update"] += time.perf_counter() - t1 + (t_sample - t0)
                     grad_steps += 1
@@ -1027,7 +1080,8 @@ if __name__ == "__main__":
                     "env_rng": env.np_random.bit_generator.state})
                 last_checkpoint = (ckpt_path, iteration)
             last_eval = f"return {ret:.2f}" + (f" success {succ:.2f}" if succ is not None else "")
-            progress.step("eval", 1, status(f"{1000 * record['time/per_grad_step']:.1f} ms per grad step"), force=True)
+            progress.step("eval", 1, status(f"evaluated, {1000 * record['time/per_grad_step']:.1f} ms per grad step"),
+                          force=True)
 
         if args.save_dataset:
             save_dataset(args.save_dataset, env, actor, args, finite, rng, device)

@@ -1,5 +1,5 @@
-"""Tests of hipi.py: the relabeler against hand-computed cases (Eq. 8's logits, log Z, the sampled fraction),
-every bad input as one line (in-process), and end to end
+"""Tests of hipi.py: the relabeler against hand-computed cases (Eq. 8's logits, log Z, the authors' candidate
+semantics, HER's copies), the SAC temperature update, every bad input as one line (in-process), and end to end
 through the command line: SIGTERM, exact resume, HIPI-BC and a learning check (tiny flags, seconds)."""
 
 import json
@@ -124,12 +124,57 @@ def test_original_task_kept_for_the_requested_fraction(kind, fraction):
     batch = {"obs": rng.normal(size=(B, 1)), "act": np.zeros((B, 1)), "next_obs": rng.normal(size=(B, 1)),
              "task": np.full((B, 1), -5.0), "rew": np.full(B, -1.0), "term": np.zeros(B, bool)}
     task_list = np.array([[10.0], [11.0], [12.0]])  # a finite task list none of whose tasks was commanded
-    tasks, rew, term, stats = hipi.relabel(kind, batch, None, None, LineEnv(), task_list, StubActor(), stub_q,
+    tasks, rew, term, stats = hipi.relabel(kind, batch, LineEnv(), task_list, StubActor(), stub_q,
                                            Args(relabel_fraction=fraction), rng, "cpu")
     changed = np.any(tasks != batch["task"], axis=1)
     assert abs(changed.mean() - fraction) < 0.03 and stats["relabel/fraction_changed"] == changed.mean()
     assert np.all(np.isin(tasks[changed, 0], task_list[:, 0]))
     assert np.all(tasks[~changed] == -5.0)
+
+
+# A hand-built batch for the authors' candidate semantics. Goals within 5 of the next state give r = 0, others
+# r = -50; the stub networks add the same number to every task of a row, so q(psi | row) is (to e^-50) one-hot:
+# row 0 (s' = 10) -> task 12, row 1 (s' = 20) -> task 21, row 2 (s' = 0) -> task 0. The states (100, 200, 300)
+# are far from every next state and task, so had they been scored their logits would all be -50 (uniform).
+HAND_BATCH = {"obs": np.array([[100.0], [200.0], [300.0]]), "act": np.zeros((3, 1)),
+              "next_obs": np.array([[10.0], [20.0], [0.0]]), "task": np.array([[0.0], [12.0], [21.0]])}
+GATHERED = {  # what each --candidates turns the sampled index j = (1, 2, 0) into
+    "tasks": [12.0, 21.0, 0.0],          # task j itself (the authors' README)
+    "states": [200.0, 300.0, 100.0],     # the goal state j of the batch achieves (the authors' code default)
+    "next_states": [20.0, 0.0, 10.0],    # the goal next state j achieves
+    "scored_next_states": [10.0, 20.0, 0.0]}  # not the authors': next-state goals scored, each row its own
+
+
+class ZeroActor:
+    def __call__(self, obs, task):
+        return torch.zeros(obs.shape[0], 1), torch.zeros(obs.shape[0], 1)
+
+
+@pytest.mark.parametrize("candidates", list(GATHERED))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_logits_run_over_tasks_and_states_are_gathered_after_sampling(candidates, seed):
+    env = LineEnv(radius=5.0, miss=-50.0)
+    batch = dict(HAND_BATCH)
+    batch["rew"], batch["term"] = env.evaluate(batch["obs"], batch["act"], batch["next_obs"], batch["task"])
+    zero_q = lambda obs, task, act: torch.zeros(obs.shape[0])
+    tasks, rew, term, _ = hipi.relabel("hipi", batch, env, None, ZeroActor(), zero_q,
+                                       Args(relabel_fraction=1.0, candidates=candidates),
+                                       np.random.default_rng(seed), "cpu")
+    np.testing.assert_array_equal(tasks[:, 0], GATHERED[candidates])
+    r, d = env.evaluate(batch["obs"], batch["act"], batch["next_obs"], tasks)
+    np.testing.assert_array_equal(rew, r)
+    np.testing.assert_array_equal(term, d)
+
+
+def test_a_finite_task_list_is_the_task_set():
+    env = LineEnv(radius=5.0, miss=-50.0)
+    batch = dict(HAND_BATCH)
+    batch["rew"], batch["term"] = env.evaluate(batch["obs"], batch["act"], batch["next_obs"], batch["task"])
+    task_list = np.array([[99.0], [0.0], [12.0], [21.0]])  # K = 4 tasks, B = 3 rows; 99 suits no row
+    zero_q = lambda obs, task, act: torch.zeros(obs.shape[0])
+    tasks, _, _, _ = hipi.relabel("hipi", batch, env, task_list, ZeroActor(), zero_q, Args(relabel_fraction=1.0),
+                                  np.random.default_rng(0), "cpu")
+    np.testing.assert_array_equal(tasks[:, 0], [12.0, 21.0, 0.0])
 
 
 def rollout_buffer(env, n, seed):
@@ -142,7 +187,7 @@ def rollout_buffer(env, n, seed):
     for _ in range(n):
         a = rng.uniform(-1, 1, 2).astype(np.float32)
         next_obs, r, term, trunc, _ = env.step(a)
-        rb.add(obs, a, r, next_obs, term, task, episode_over=term or trunc)
+        rb.add(obs, a, r, next_obs, term, task)
         obs = next_obs
         if term or trunc:
             task = env.sample_tasks(1, rng)[0]
@@ -151,24 +196,94 @@ def rollout_buffer(env, n, seed):
     return rb
 
 
-@pytest.mark.parametrize("kind", ["hipi", "random", "final", "future"])
-def test_relabeled_rewards_equal_env_evaluate(kind):
+@pytest.mark.parametrize("kind,candidates", [("hipi", c) for c in GATHERED] + [("random", "states")])
+def test_relabeled_rewards_equal_env_evaluate(kind, candidates):
     env = envs.make("four-rooms", seed=0)
     rb = rollout_buffer(env, 400, seed=0)
     torch.manual_seed(0)
     actor, qf1 = hipi.Actor(2, 2, 2, 16), hipi.SoftQNetwork(2, 2, 2, 16)
     rng = np.random.default_rng(0)
-    idx = rng.integers(rb.size, size=64)
-    batch = rb.sample(idx)
+    batch = rb.sample(rng.integers(rb.size, size=64))
+    # stored rewards are what env.step returned for the commanded task
     np.testing.assert_array_equal(batch["rew"], env.evaluate(batch["obs"], batch["act"], batch["next_obs"],
                                                              batch["task"])[0])
-    args = Args(0.5, 0.99, candidates="next_states" if kind == "hipi" else "tasks")
-    tasks, rew, term, _ = hipi.relabel(kind, batch, idx, rb, env, None, actor, qf1, args, rng, "cpu")
+    tasks, rew, term, _ = hipi.relabel(kind, batch, env, None, actor, qf1, Args(0.5, 0.99, candidates=candidates),
+                                       rng, "cpu")
     r, d = env.evaluate(batch["obs"], batch["act"], batch["next_obs"], tasks)
     np.testing.assert_array_equal(rew, r)
     np.testing.assert_array_equal(term, d)
-    changed = np.nonzero(np.any(tasks != batch["task"], axis=1))[0]
-    assert 0.3 < len(changed) / len(idx) < 0.7
+    changed = np.any(tasks != batch["task"], axis=1)
+    assert 0.3 < changed.mean() < 0.7
+    source = {"tasks": "task", "states": "obs", "next_states": "next_obs", "scored_next_states": "next_obs"}
+    assert all(any(np.array_equal(g, x[:2]) for x in batch[source[candidates]]) for g in tasks[changed])
+
+
+def hand_episode(T):
+    """One 1-D episode of T transitions reaching positions 1, 2, ..., T under the commanded goal 100."""
+    return {"obs": np.arange(T, dtype=float)[:, None], "act": np.zeros((T, 1)),
+            "next_obs": np.arange(1, T + 1, dtype=float)[:, None], "task": np.full((T, 1), 100.0),
+            "rew": np.full(T, -1.0), "term": np.zeros(T, bool)}
+
+
+def test_her_final_stores_each_transition_and_one_copy_with_the_final_goal():
+    env, ep = LineEnv(), hand_episode(5)
+    rows = hipi.her_relabel("final", ep, env, np.random.default_rng(0))
+    np.testing.assert_array_equal(rows["task"][:, 0], [100, 5] * 5)  # original, then the copy, per transition
+    np.testing.assert_array_equal(rows["obs"][:, 0], np.repeat(np.arange(5.0), 2))
+    np.testing.assert_array_equal(rows["next_obs"][:, 0], np.repeat(np.arange(1.0, 6.0), 2))
+    r, d = env.evaluate(rows["obs"], rows["act"], rows["next_obs"], rows["task"])
+    np.testing.assert_array_equal(rows["rew"], r)
+    np.testing.assert_array_equal(rows["term"], d)
+    assert rows["term"].sum() == 1 and rows["term"][-1]  # only the last transition reaches the final goal
+
+
+def test_her_future_draws_4_goals_uniformly_over_the_rest_of_the_whole_episode():
+    env, T = LineEnv(), 10
+    counts = np.zeros((T, T), int)  # counts[t, j]: copies of transition t relabeled to the goal of step j
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        rows = hipi.her_relabel("future", hand_episode(T), env, rng)
+        assert len(rows["task"]) == 5 * T  # the original and 4 copies: 80 % of the stored rows relabeled
+        groups = rows["task"][:, 0].reshape(T, 5)
+        assert np.all(groups[:, 0] == 100) and np.all(rows["obs"][:, 0].reshape(T, 5) == np.arange(T)[:, None])
+        goals = groups[:, 1:].astype(int) - 1  # the goal next state j achieves is j + 1
+        for t in range(T):
+            counts[t] += np.bincount(goals[t], minlength=T)
+        r, d = env.evaluate(rows["obs"], rows["act"], rows["next_obs"], rows["task"])
+        np.testing.assert_array_equal(rows["rew"], r)
+    assert np.all(np.tril(counts, -1) == 0)  # never a step before the transition
+    for t in range(T):  # uniform over j = t .. T-1 (1600 draws per row: 5 sigma of a binomial)
+        p = 1 / (T - t)
+        sigma = math.sqrt(1600 * p * (1 - p))
+        assert np.all(np.abs(counts[t, t:] - 1600 * p) <= 5 * sigma + 1e-9), counts[t]
+
+
+def test_alpha_update_is_tf_agents_on_log_alpha_with_a_fresh_action_of_the_updated_actor():
+    class RecordingActor(hipi.Actor):
+        def sample(self, obs, task):
+            a, logp = super().sample(obs, task)
+            self.calls.append((logp.detach().clone(), self.net[0].weight.detach().clone()))
+            return a, logp
+
+    torch.manual_seed(0)
+    actor = RecordingActor(3, 2, 2, 16)
+    actor.calls = []
+    qs = [hipi.SoftQNetwork(3, 2, 2, 16) for _ in range(4)]
+    nets = dict(zip(("actor", "qf1", "qf2", "qf1_target", "qf2_target"), [actor] + qs))
+    log_alpha = torch.tensor([0.3], requires_grad=True)
+    opts = {"q_optimizer": torch.optim.Adam([p for q in qs[:2] for p in q.parameters()], lr=1e-3),
+            "actor_optimizer": torch.optim.Adam(actor.parameters(), lr=1e-3),
+            "a_optimizer": torch.optim.Adam([log_alpha], lr=1e-3)}
+    o, o2, p = torch.randn(8, 3), torch.randn(8, 3), torch.randn(8, 2)
+    a, r, d = torch.rand(8, 2) * 2 - 1, torch.randn(8), torch.zeros(8)
+    w0 = actor.net[0].weight.detach().clone()
+    args = type("A", (), {"gamma": 0.9, "tau": 0.005, "grad_clip": 0.0})()
+    hipi.sac_update(nets, opts, log_alpha, -1.0, o, a, r, o2, d, p, args)
+    logp_new, w_at_call = actor.calls[-1]
+    assert len(actor.calls) == 3 and not torch.equal(w_at_call, w0)  # sampled after the actor's step
+    assert torch.equal(w_at_call, actor.net[0].weight)
+    # d/d log_alpha of mean(log_alpha * (-log pi - target)) = mean(-log pi) - target (target -1)
+    np.testing.assert_allclose(log_alpha.grad.item(), (-logp_new).mean().item() + 1.0, rtol=1e-5)
 
 
 def test_log_prob_of_a_sampled_action_matches_sample():
@@ -191,7 +306,7 @@ def test_trajectory_returns_end_at_the_first_terminal_under_each_task():
 def test_replay_buffer_keeps_its_layout_when_resumed_with_another_capacity():
     small, big = hipi.ReplayBuffer(4, 1, 1, 1), hipi.ReplayBuffer(6, 1, 1, 1)
     for i in range(6):  # 4 slots: after 6 adds the ring holds 4, 5, 2, 3 (oldest first: 2, 3, 4, 5)
-        small.add([i], [0], i, [i], False, [0], episode_over=False)
+        small.add([i], [0], i, [i], False, [0])
     big.load(small.state())
     np.testing.assert_array_equal(big.obs[: big.size, 0], [2, 3, 4, 5])
     assert big.ptr == 4
@@ -227,11 +342,16 @@ def parse_error(argv, capsys):
     (["--updates-per-step", "0"], "--updates-per-step"),
     (["--relabel-fraction", "1.5"], "--relabel-fraction"),
     (["--num-candidates", "0"], "--num-candidates"),
+    (["--target-entropy", "inf"], "--target-entropy"),
     (["--bc-val-fraction", "1"], "--bc-val-fraction"),
     (["--relabel", "bogus"], "--relabel"),
     (["--batch-size", "x"], "--batch-size"),
     (["--env", "no-such-env"], "--env no-such-env"),
     (["--env", "point-trajectory", "--relabel", "final"], "--relabel final"),
+    (["--env", "point-trajectory", "--candidates", "states"], "--candidates states"),
+    (["--env", "four-corners", "--candidates", "next_states"], "--candidates next_states"),
+    (["--env", "four-rooms", "--relabel", "future", "--relabel-fraction", "0.3"], "--relabel-fraction"),
+    (["--env", "four-rooms", "--relabel", "none", "--candidates", "states"], "--candidates"),
     (["--mode", "bc", "--dataset", "/no/such.npz"], "--dataset"),
     (["--mode", "bc", "--relabel", "final", "--dataset", "/no/such.npz"], "--relabel final"),
     (["--resume", "/no/such/checkpoint.pt"], "--resume"),
@@ -240,11 +360,11 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):
     assert needle in parse_error(argv, capsys)
 
 
-def test_defaults_resolve_per_env():
+def test_defaults_resolve_per_env_and_target_entropy_is_tf_agents():
     args, env, _, finite, ckpt = hipi.parse_command_line(["--env", "four-rooms"])
     assert (args.total_timesteps, args.learning_starts, args.batch_size, args.hidden) == (100_000, 10_000, 32, 32)
-    assert not finite and ckpt is None
-    assert hipi.parse_command_line(["--env", "four-corners"])[3]
+    assert args.target_entropy == -1.0 and not finite and ckpt is None  # -|A| / 2 with |A| = 2
+    assert hipi.parse_command_line(["--env", "four-corners", "--target-entropy", "-2"])[3]
 
 
 def test_help_shows_the_chosen_envs_defaults_and_cost(capsys):

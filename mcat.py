@@ -2,37 +2,33 @@
 
 "Learning Action Translator for Meta Reinforcement Learning on Sparse-Reward Tasks". Equation numbers are the
 paper's: Eq. 1 the forward-model loss L_forw, Eq. 2 the contrastive loss L_cont, Eq. 3 the translator loss
-L_trans; §3.4 combines them with context-conditioned TD3 and the policy-transfer rule (Fig. 2e).
+L_trans; §3.4 combines them with context-conditioned TD3 and policy transfer (Fig. 2e); §5.2 adds delayed
+rewards and self-imitation learning (SIL, Oh et al. 2018, arXiv:1806.05635; their equation numbers).
 
-Meta mode (Tables 2-4). Tasks differ in their dynamics (armature, mass, size, damping, a crippled leg) and
-rewards are delayed (paid as a sum every `reward_delay` steps). Each iteration collects one episode on every
-train task, in lockstep, then trains, alternately and never jointly (Fig. 2):
-  (a, b) the context encoder C (last K transitions -> z_t) and the probabilistic forward model F, Eq. 1 + Eq. 2;
-  task features z^(i) = mean of C over a large batch from the task's buffer B^(i) (§3.2);
-  (c) with C and F frozen, the action translator H(s, a, z_src, z_tgt), Eq. 3;
-  (d) with C frozen, TD3 actor pi(s, z_t) and twin critics Q(s, a, z_t), plus self-imitation learning (SIL);
-  (e) collection on task i acts with pi(s, z_t), or with the transferred policy H(s, pi(s, z^(j)), z^(j), z^(i))
-      from the best task j when that earned more in task i's recent episodes (`transfer_rule`).
-Evaluation runs pi on the unseen test tasks, z_t inferred online from the episode's own last K transitions.
-
-Transfer mode (Table 1): train a source policy with TD3 on one task (dense reward), collect a fixed data set
-with that policy plus noise on the source and a target task, fit C, F and then H on it, and report the source
-policy vs the transferred policy H(s, pi(s), z_src, z_tgt) on the target task.
-
-    python mcat.py --env cheetah-armature --reward-delay 500                 # MCAT
-    python mcat.py --env cheetah-armature --reward-delay 500 --no-transfer   # MCAT w/o PT (Table 3)
-    python mcat.py --env cheetah-armature --mode transfer                    # Table 1
-Reduced settings that fit a 2-core CPU are in benchmarks/mcat.md; choices the paper leaves open are in
-docs/mcat.md.
+Meta mode (Tables 2-4): tasks differ in their dynamics, rewards are paid as a sum every `reward_delay` steps.
+Each iteration collects one episode on every train task in lockstep, then trains alternately (Fig. 2):
+(a, b) context encoder C (last K transitions -> z_t) and forward model F with Eq. 1 + Eq. 2, then the task
+features z^(i) (§3.2); (c) with C, F frozen, the action translator H(s, a, z_src, z_tgt) with Eq. 3; (d) with C
+frozen, TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) collection on task i acts with pi(s, z_t) or, when it earned
+more there recently, with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Evaluation runs pi on unseen
+test tasks, z_t inferred online. Transfer mode (Table 1): a TD3 source policy on one task, fixed noisy data on
+source and target, C/F then H fit on it; source policy vs H(s, pi(s), z_src, z_tgt) on the target.
+    python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]   # MCAT [w/o PT] (Tables 2-4)
+    python mcat.py --env cheetah-armature --mode transfer                      # Table 1
+Reduced settings for a 2-core CPU: benchmarks/mcat.md; choices the paper leaves open: docs/mcat.md.
 """
 
+import contextlib
+import io
 import json
 import os
 import random
+import signal
+import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from typing import Literal, Optional
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -42,14 +38,6 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 import envs
-
-MCAT_FAMILIES = ("cheetah-armature", "cheetah-mass", "hopper-size", "ant-damping", "ant-cripple")
-# Fields left at None are filled per env from here: the main text gives delay 500 for the 1M-step ablations
-# (Tables 3-4) and 2M steps (Table 2); its appendix is not in our copy, so every MCAT family gets the same values.
-PAPER_DEFAULTS = {name: dict(reward_delay=500, total_timesteps=2_000_000) for name in MCAT_FAMILIES}
-# Table 1 pairs as indices into train_tasks + test_tasks: armature 0.1 -> 0.5, crippled leg 0 -> leg 3
-PAPER_DEFAULTS["cheetah-armature"].update(source_task=6, target_task=3)
-PAPER_DEFAULTS["ant-cripple"].update(source_task=0, target_task=3)
 
 
 @dataclass
@@ -71,7 +59,7 @@ class Args:
     total_timesteps: Optional[int] = None
     """env steps over all train tasks (paper: 2M for Table 2); in --mode transfer: source-policy TD3 steps"""
     resume: Optional[str] = None
-    """path of a checkpoint.pt to continue from"""
+    """checkpoint.pt (or its run directory) to continue from; the run's arguments come from the checkpoint"""
     run_dir: Optional[str] = None
     """output folder (default runs/{env}__{exp_name}__{seed}__{time})"""
 
@@ -86,12 +74,11 @@ class Args:
     no_contrastive: bool = False
     """drop the contrastive loss on contexts (Eq. 2)"""
     horizon: Optional[int] = None
-    """episode length override (the families default to 1000)"""
+    """episode length (default: the family's, 1000)"""
     num_train_tasks: Optional[int] = None
-    """use only the first N train tasks of the family"""
+    """use only the first N train tasks of the family (default: all)"""
     num_test_tasks: Optional[int] = None
-    """evaluate only on the first N test tasks of the family"""
-
+    """evaluate only on the first N test tasks of the family (default: all)"""
     # context encoder C and forward model F (§3.2, authors' Table-1 code)
     context_len: int = 10
     """K: past transitions (delta s, a) the context encoder reads"""
@@ -111,7 +98,6 @@ class Args:
     """weight of Eq. 2 beside Eq. 1"""
     task_feature_batch: int = 256
     """contexts averaged into each task feature z^(i)"""
-
     # action translator H (§3.3)
     translator_lr: float = 3e-4
     """Adam learning rate of H"""
@@ -119,7 +105,6 @@ class Args:
     """source transitions per H update"""
     translator_updates: int = 500
     """H gradient steps per iteration"""
-
     # TD3 (Fujimoto et al. 2018 constants) and SIL (Oh et al. 2018)
     buffer_size: int = 100_000
     """transitions kept per train task (FIFO); memory O(n_tasks x buffer_size x (2 obs + act))"""
@@ -150,17 +135,14 @@ class Args:
     1/(2 sigma^2) = 50 it outweighs the TD3 actor loss and pins pi to the buffer's mean action (docs/mcat.md)"""
     sil_adv_clip: float = 1.0
     """clip of the SIL advantage (R - V)_+ (Oh et al.'s implementation)"""
-
     # policy transfer (§3.4)
     transfer_window: int = 10
     """recent episodes per task over which own / transferred returns are averaged"""
-
     # evaluation
     eval_every: int = 1
     """iterations between evaluations"""
     eval_episodes: int = 1
     """episodes per test task"""
-
     # --mode transfer (Table 1)
     source_task: Optional[int] = None
     """source task, an index into train_tasks + test_tasks (default: the paper's pair, else 0)"""
@@ -177,13 +159,6 @@ class Args:
 
 
 # ------------------------------------------------------------------------------------------------- networks
-def mlp(sizes, act=nn.ReLU):
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers += [nn.Linear(sizes[i], sizes[i + 1]), act()]
-    return nn.Sequential(*layers[:-1])
-
-
 class RunningNorm(nn.Module):
     """Running mean/std (the authors normalize obs, act and delta s this way); identity until updated."""
 
@@ -204,6 +179,13 @@ class RunningNorm(nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.var.clamp_min(1e-8).sqrt()
+
+
+def mlp(sizes, act=nn.ReLU):
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), act()]
+    return nn.Sequential(*layers[:-1])
 
 
 class ForwardModel(nn.Module):
@@ -254,7 +236,9 @@ class DynamicsModel(nn.Module):
 
 
 class Translator(nn.Module):
-    """H(s, a_src, z_src, z_tgt) -> a_tgt in [-1, 1] (the authors' multi-task translator, 512-256-128-64)."""
+    """H(s, a_src, z_src, z_tgt) -> a_tgt in [-1, 1]: an MLP 512-256-128-64 on the concatenation. (Deviation: this
+    is a variant left commented out in guoyijie/MCAT models.py; their active MultiPairAxmodel embeds s, a, z_src,
+    z_tgt to 128 each, then 256-256.)"""
 
     def __init__(self, obs_dim, act_dim, context_dim):
         super().__init__()
@@ -280,6 +264,25 @@ class QNetwork(nn.Module):
 
     def forward(self, obs, act, z):
         return self.net(torch.cat([obs, act, z], -1)).squeeze(-1)
+
+
+def make_agent(obs_dim, act_dim, args, device) -> dict:
+    """C and F, H, TD3's actor and twin critics with their targets, and one Adam each for C/F, H, the critics
+    and the actor (Fig. 2: trained alternately, never jointly)."""
+    model = DynamicsModel(obs_dim, act_dim, args.context_len, args.context_dim).to(device)
+    H = Translator(obs_dim, act_dim, args.context_dim).to(device)
+    actor, qf1, qf2 = (m.to(device) for m in (Actor(obs_dim, act_dim, args.context_dim),
+                                              QNetwork(obs_dim, act_dim, args.context_dim),
+                                              QNetwork(obs_dim, act_dim, args.context_dim)))
+    actor_t, qf1_t, qf2_t = (type(m)(obs_dim, act_dim, args.context_dim).to(device) for m in (actor, qf1, qf2))
+    for m, t in zip((actor, qf1, qf2), (actor_t, qf1_t, qf2_t)):
+        t.load_state_dict(m.state_dict())
+    return dict(model=model, H=H, actor=actor, qf1=qf1, qf2=qf2, actor_t=actor_t, qf1_t=qf1_t, qf2_t=qf2_t,
+                model_opt=torch.optim.Adam(model.parameters(), lr=args.model_lr),
+                H_opt=torch.optim.Adam(H.parameters(), lr=args.translator_lr),
+                q_opt=torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.learning_rate),
+                pi_opt=torch.optim.Adam(actor.parameters(), lr=args.learning_rate))
+
 
 
 # -------------------------------------------------------------------------------------------- replay buffer
@@ -401,7 +404,8 @@ def task_features(model, buf, rng, args, device):
     """z^(i) = mean of C over a large batch of segments from B^(i) (§3.2), all tasks in one pass."""
     n, K = args.task_feature_batch, args.context_len
     tasks = np.repeat(np.arange(buf.n_tasks), n)
-    _, act, delta, valid = to_t(device, *buf.gather(tasks, buf.sample_index(tasks, rng), np.arange(-K, 0), False))
+    window = buf.gather(tasks, buf.sample_index(tasks, rng), np.arange(-K, 0), with_obs=False)
+    _, act, delta, valid = to_t(device, *window)
     return model.context(delta, act, valid).view(buf.n_tasks, n, -1).mean(1)
 
 
@@ -428,20 +432,27 @@ def translator_update(model, H, opt, buf, z_feat, rng, args, device, pair=None):
 
 
 # ------------------------------------------------------------------------------------ TD3 + self-imitation
-def sample_rl_batch(model, buf, rng, args, device, use_context=True):
-    """B transitions across all tasks with z_t and z_{t+1} from the FROZEN encoder (Fig. 2d: 'with fixed C')."""
+def contexts(model, buf, tasks, idx, args, device, n_windows, use_context):
+    """z_t (with n_windows=2 also z_{t+1}) of the sampled transitions from the FROZEN encoder (Fig. 2d: 'with fixed
+    C') in one encoder pass over the K + 1 steps up to t: window[:K] is the context of s_t, window[1:] that of
+    s_{t+1}. Returns (z, a, delta s) of the K + 1 steps; the last are the sampled transitions' own."""
     K = args.context_len
+    _, act, delta, valid = to_t(device, *buf.gather(tasks, idx, np.arange(-K, 1), with_obs=False))
+    with torch.no_grad():
+        if not use_context:  # --mode transfer trains a single-task source policy: constant zero context
+            return torch.zeros(n_windows, len(tasks), args.context_dim, device=device), act, delta
+        x, d = model.context_input(delta, act, valid), delta.shape[-1] + act.shape[-1]
+        z = model.C(torch.cat([x[:, w * d: (K + w) * d] for w in range(n_windows)]))
+        return z.view(n_windows, len(tasks), -1), act, delta
+
+
+def sample_rl_batch(model, buf, rng, args, device, use_context=True):
+    """TD3's minibatch: B transitions, tasks and positions uniform, with z_t and z_{t+1}."""
     tasks = rng.integers(buf.n_tasks, size=args.batch_size)
     idx = buf.sample_index(tasks, rng)
-    _, act, delta, valid = to_t(device, *buf.gather(tasks, idx, np.arange(-K, 1), with_obs=False))
+    z, act, delta = contexts(model, buf, tasks, idx, args, device, n_windows=2, use_context=use_context)
     s, rew, done, ret = to_t(device, *(x[tasks, idx] for x in (buf.obs, buf.rew, buf.done, buf.ret)))
-    with torch.no_grad():
-        if use_context:  # one encoder pass: window[:K] is the context of s_t, window[1:] that of s_{t+1}
-            x, d = model.context_input(delta, act, valid), delta.shape[-1] + act.shape[-1]
-            z = model.C(torch.cat([x[:, : K * d], x[:, d:]])).view(2, len(tasks), -1)
-        else:  # --mode transfer trains a single-task source policy: constant zero context
-            z = torch.zeros(2, len(tasks), args.context_dim, device=device)
-    return s, act[:, K], rew, s + delta[:, K], done, ret, z[0], z[1]
+    return s, act[:, -1], rew, s + delta[:, -1], done, ret, z[0], z[1]
 
 
 def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
@@ -485,6 +496,12 @@ def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
             for net, tgt in zip(nets, targets):
                 torch._foreach_lerp_(list(tgt.parameters()), list(net.parameters()), args.tau)
     return info
+
+
+def rl_step(step, model, buf, rng, nets, targets, q_opt, pi_opt, args, device, use_context):
+    """(d) once: TD3 + SIL on a uniform minibatch."""
+    return td3_update(step, sample_rl_batch(model, buf, rng, args, device, use_context=use_context), nets, targets,
+                      q_opt, pi_opt, args)
 
 
 # ------------------------------------------------------------------------------ policy transfer (§3.4)
@@ -558,256 +575,538 @@ def make_policy(model, actor, device, z_fixed=None, H=None, z_src=None, z_tgt=No
     return policy
 
 
-def make_envs(args, tasks, seed):
+def table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, horizon, obs_dim, act_dim, progress):
+    """Table 1 on fixed data: the trained source policy plus noise collects `transfer_episodes` on the source and
+    the target task; a fresh C/F (Eq. 1 + Eq. 2) and then H (Eq. 3) are fit on that data; the source policy and
+    the transferred policy H(s, pi(s), z_src, z_tgt) are rolled out on the target task."""
+    K, zero_z = args.context_len, torch.zeros(1, args.context_dim, device=device)
+    data = TaskReplayBuffer(2, args.transfer_episodes * horizon, obs_dim, act_dim)
+    model = DynamicsModel(obs_dim, act_dim, K, args.context_dim).to(device)  # fresh C/F for the pair
+    collect = make_policy(model, actor, device, z_fixed=zero_z, noise=args.transfer_data_noise, rng=rng)
+    for _ in range(args.transfer_episodes):  # the source policy plus noise on both tasks: 'mediocre' data
+        store_episodes(data, model, rollout(pair_envs, collect, rng, K), args.gamma)
+    model_opt = torch.optim.Adam(model.parameters(), lr=args.model_lr)
+    for _ in range(args.transfer_model_updates):
+        fwd, cont = model_update(model, model_opt, data, rng, args, device)
+        progress.step("model", 1, "Table 1 | C/F on the fixed data")
+    z_pair = task_features(model, data, rng, args, device)
+    model.requires_grad_(False)
+    for _ in range(args.transfer_translator_updates):
+        tl = translator_update(model, H, H_opt, data, z_pair, rng, args, device, pair=(0, 1))
+        progress.step("translator", 1, "Table 1 | H on the fixed data")
+    source_pol = make_policy(model, actor, device, z_fixed=zero_z)
+    transfer_pol = make_policy(model, actor, device, z_fixed=zero_z, H=H, z_src=z_pair[[0]], z_tgt=z_pair[[1]],
+                               use_transfer=np.ones(1, bool))
+    src_on_tgt = [rollout(pair_envs[1:], source_pol, rng, K)["returns"][0] for _ in range(args.eval_episodes)]
+    tr_on_tgt = [rollout(pair_envs[1:], transfer_pol, rng, K)["returns"][0] for _ in range(args.eval_episodes)]
+    src_on_src = [rollout(pair_envs[:1], source_pol, rng, K)["returns"][0] for _ in range(args.eval_episodes)]
+    return {"eval/return": float(np.mean(tr_on_tgt)), "eval/source_policy_return": float(np.mean(src_on_tgt)),
+            "eval/source_on_source_return": float(np.mean(src_on_src)),
+            "eval/transferred_stderr": float(np.std(tr_on_tgt) / np.sqrt(len(tr_on_tgt))),
+            "eval/source_stderr": float(np.std(src_on_tgt) / np.sqrt(len(src_on_tgt))),
+            "losses/forward": fwd, "losses/contrastive": cont, "losses/translator": tl}
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(env_list, model, actor, rng, args, device, z_fixed=None, video_path=None):
+    """Meta-test protocol: deterministic pi(s, z_t), z_t from the episode's own last K transitions (from an empty
+    window); mean return per task over `eval_episodes`."""
+    pol = make_policy(model, actor, device, z_fixed=z_fixed)
+    runs = [rollout(env_list, pol, rng, args.context_len, record_frames=video_path is not None and e == 0)
+            for e in range(args.eval_episodes)]
+    if video_path is not None and runs[0]["frames"]:
+        envs.save_video(runs[0]["frames"], video_path, fps=4)
+    return np.mean([r["returns"] for r in runs], 0)
+
+
+# ================================================================================================ plumbing
+MCAT_FAMILIES = ("cheetah-armature", "cheetah-mass", "hopper-size", "ant-damping", "ant-cripple")
+# Fields left at None are filled from here. The main text gives delay 500 for the 1M-step ablations (Tables 3-4)
+# and 2M steps (Table 2); its appendix is not in our copy, so every MCAT family gets the same values. Table 1
+# pairs are indices into train_tasks + test_tasks: armature 0.1 -> 0.5, crippled leg 0 -> leg 3.
+DEFAULTS = dict(reward_delay=500, total_timesteps=2_000_000)
+PAPER_DEFAULTS: dict[str, dict] = {
+    "cheetah-armature": dict(source_task=6, target_task=3),
+    "cheetah-mass": {}, "hopper-size": {}, "ant-damping": {},
+    "ant-cripple": dict(source_task=0, target_task=3),
+}
+# Table 1 pre-trains the source policy on DENSE rewards: the meta-training values do not apply there
+TRANSFER_MODE_DEFAULTS = dict(reward_delay=1, total_timesteps=200_000)
+RUN_LENGTH_FLAGS = ("total_timesteps", "cuda", "capture_video", "run_dir", "save_model")  # resume may change these
+CHECKPOINT_FORMAT = 1
+SCRIPT = os.path.basename(__file__)
+
+
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr and exit code 2, as tyro does for a malformed flag."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def make_probe(name: str) -> envs.TaskEnv:
+    """The family `name` at its defaults (task lists, horizon), or a one-line error if mcat.py cannot serve it."""
+    if name not in envs.names():
+        fail(f"--env {name}: unknown; choose one of {', '.join(MCAT_FAMILIES)}")
+    probe = envs.make(name, seed=0)
+    if "dynamics" not in probe.varies:
+        fail(f"--env {name}: mcat.py needs tasks whose dynamics vary ('{name}' varies {probe.varies}); "
+             f"it serves: {', '.join(MCAT_FAMILIES)}")
+    return probe
+
+
+def resolve_args(args: Args, probe: envs.TaskEnv) -> Args:
+    """Every None field filled: the paper's value for --env, else the family's own (horizon, task counts)."""
+    paper = {**DEFAULTS, **PAPER_DEFAULTS.get(args.env, {}), **(TRANSFER_MODE_DEFAULTS if args.mode == "transfer"
+                                                                  else {})}
+    family = dict(horizon=probe.horizon, num_train_tasks=len(probe.train_tasks),
+                  num_test_tasks=len(probe.test_tasks), source_task=0)
+    for key, value in {**family, **paper}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.target_task is None:  # the task farthest from the source
+        all_tasks = np.concatenate([probe.train_tasks, probe.test_tasks])
+        if 0 <= args.source_task < len(all_tasks):
+            args.target_task = int(np.argmax(np.linalg.norm(all_tasks - all_tasks[args.source_task], axis=-1)))
+        else:
+            args.target_task = 0
+    return args
+
+
+def check_args(args: Args, probe: envs.TaskEnv) -> None:
+    """Every numeric and choice argument, before anything runs: one line naming the flag, exit code 2."""
+    n_train, n_test = len(probe.train_tasks), len(probe.test_tasks)
+    rules = [("seed", 0 <= args.seed < 2**31, "must be in [0, 2**31)"),
+             ("total_timesteps", args.total_timesteps >= 1, "must be >= 1"),
+             ("reward_delay", args.reward_delay >= 1, "must be >= 1 (1 = dense rewards)"),
+             ("horizon", args.horizon >= 1, "must be >= 1"),
+             ("num_train_tasks", (2 if args.mode == "meta" else 1) <= args.num_train_tasks <= n_train,
+              f"must be in [{2 if args.mode == 'meta' else 1}, {n_train}] for --env {args.env}"
+              + (" (meta-training needs 2 tasks to transfer between)" if args.mode == "meta" else "")),
+             ("num_test_tasks", 1 <= args.num_test_tasks <= n_test, f"must be in [1, {n_test}] for --env {args.env}"),
+             ("buffer_size", args.buffer_size >= args.horizon,
+              f"must be >= --horizon ({args.horizon}): the buffer holds whole episodes")]
+    rules += [(k, getattr(args, k) >= 1, "must be >= 1") for k in (
+        "context_len", "future_len", "context_dim", "model_batch_size", "model_updates", "task_feature_batch",
+        "translator_batch_size", "translator_updates", "batch_size", "policy_frequency", "transfer_window",
+        "eval_every", "eval_episodes", "transfer_episodes", "transfer_model_updates", "transfer_translator_updates")]
+    rules += [(k, getattr(args, k) > 0, "must be > 0") for k in (
+        "model_lr", "translator_lr", "learning_rate", "contrastive_margin", "sil_adv_clip")]
+    rules += [(k, getattr(args, k) >= 0, "must be >= 0") for k in (
+        "contrastive_weight", "policy_noise", "noise_clip", "exploration_noise", "learning_starts",
+        "updates_per_step", "sil_value_coef", "sil_policy_coef", "transfer_data_noise")]
+    rules += [("gamma", 0 < args.gamma <= 1, "must be in (0, 1]"), ("tau", 0 < args.tau <= 1, "must be in (0, 1]")]
+    n_all = n_train + n_test
+    if args.mode == "transfer":
+        rules += [("source_task", 0 <= args.source_task < n_all, f"must be in [0, {n_all}) for --env {args.env}"),
+                  ("target_task", 0 <= args.target_task < n_all and args.target_task != args.source_task,
+                   f"must be in [0, {n_all}) for --env {args.env} and differ from --source-task {args.source_task}")]
+    for name, ok, allowed in rules:
+        if not ok:
+            fail(f"{flag(name)} {getattr(args, name)}: {allowed}")
+
+
+def help_text(env_name: str) -> str:
+    """tyro's description: the paper defaults resolved for --env, the cost of a paper-size run, a reduced run."""
+    text = ("MCAT (Guo, Wu, Lee, AAAI 2022): context-conditioned TD3 with self-imitation and policy transfer "
+            "through an action translator (Tables 2-4), or one source -> target transfer (Table 1, --mode transfer).")
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # an unknown --env: the generic text only
+            resolved = resolve_args(Args(env=env_name), make_probe(env_name))
+    except (SystemExit, Exception):
+        resolved = None
+    if resolved is not None:
+        table = " ".join(f"{k}={getattr(resolved, k)}" for k in (*DEFAULTS, *PAPER_DEFAULTS.get(env_name, {}),
+                                                                 "horizon", "num_train_tasks", "num_test_tasks"))
+        text += (f"\n\npaper defaults for --env {env_name}: {table}; in --mode transfer: "
+                 + " ".join(f"{k}={v}" for k, v in TRANSFER_MODE_DEFAULTS.items()) + ".")
+    return text + (
+        "\n\na paper-size run (2M env steps) costs ~9 h of one uncontended core, ~21 h on a loaded 2-core CPU "
+        "(measured: 11 ms of CPU per TD3 update, 28 ms per C/F and 11.5 ms per H update; 22-34 ms per TD3 "
+        "update at load 7). Reduced command that learned to run within ~40 min "
+        "(dense reward, 2,082 ± 620 at 150k env steps): "
+        "python mcat.py --reward-delay 1 --total-timesteps 150000 --learning-starts 10000 --updates-per-step 0.5 "
+        "--model-updates 250 --translator-updates 250 --eval-every 2")
+
+
+def parse_args(description: str, argv: list[str]) -> Args:
+    """tyro.cli, with tyro's boxed parse errors condensed to one `error: ...` line (exit code 2 kept)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, description=description, args=argv)
+    except SystemExit as e:
+        text = captured.getvalue()
+        if e.code == 2 and text:
+            lines = [line.strip("│╭╮╰╯─ ") for line in text.splitlines()[1:]]
+            body = []
+            for line in lines:  # the box's first paragraph is the message; a rule ends it
+                if not line:
+                    if body:
+                        break
+                    continue
+                body.append(line)
+            fail(" ".join(body))
+        sys.stderr.write(text)
+        raise
+
+
+def typed_flags(argv: list[str]) -> set[str]:
+    """The Args fields the user typed (`--flag`, `--flag=v`, `--no-flag`)."""
+    names = {f.name for f in fields(Args)}
+    typed = set()
+    for tok in argv:
+        if tok.startswith("--"):
+            name = tok[2:].split("=")[0].replace("-", "_")
+            typed.add(name[3:] if name not in names and name.startswith("no_") and name[3:] in names else name)
+    return typed & names
+
+
+def parse_command_line(argv: list[str]):
+    """argv -> (resolved and checked args, probe env, checkpoint or None). With --resume the run's arguments
+    come from the checkpoint; typed flags that differ are refused (--env), used (the run length and output
+    flags) or ignored, each with one line on stderr."""
+    env_name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--env"),
+                    next((a.split("=", 1)[1] for a in argv if a.startswith("--env=")), Args.env))
+    description = help_text(env_name) if {"-h", "--help"} & set(argv) else ""
+    args, ckpt = parse_args(description, argv), None
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume)
+        stored, path = ckpt["args"], args.resume
+        if args.env != ckpt["env"] and "env" in typed_flags(argv):
+            fail(f"--resume {path}: written for --env {ckpt['env']}, not --env {args.env}")
+        merged = dict(stored)
+        for name in sorted(typed_flags(argv) - {"resume", "env"}):
+            given, old = getattr(args, name), stored.get(name)
+            if given == old:
+                continue
+            if name in RUN_LENGTH_FLAGS:
+                print(f"warning: {flag(name)} {given} (the checkpoint's run had {old}): using {given}", file=sys.stderr)
+                merged[name] = given
+            else:
+                print(f"warning: {flag(name)} {given} differs from the checkpoint's {old}: using the checkpoint's "
+                      f"{old}", file=sys.stderr)
+        try:
+            args = Args(**{**merged, "resume": args.resume})
+        except TypeError:
+            fail(f"--resume {path}: its arguments do not match this {SCRIPT}")
+        if "run_dir" not in typed_flags(argv):  # the run continues in the checkpoint's directory
+            args.run_dir = os.path.dirname(os.path.abspath(checkpoint_path(args.resume)))
+    probe = make_probe(args.env)
+    args = resolve_args(args, probe)
+    check_args(args, probe)
+    args.run_dir = args.run_dir or f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    return args, probe, ckpt
+
+
+class Progress:
+    """One progress line now and then whenever `every` seconds have passed: what runs, work done / total and an
+    ETA from the rates measured so far. The time between two calls is charged to the kind of work reported."""
+
+    def __init__(self, remaining: dict[str, float], every: float = 30.0):
+        self.remaining, self.every = dict(remaining), every
+        self.measured, self.spent = dict.fromkeys(remaining, 0.0), dict.fromkeys(remaining, 0.0)
+        self.t_last = self.t_start = time.time()
+        self.t_printed = -float("inf")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
+        with work left has been measured)."""
+        left = [k for k, v in self.remaining.items() if v > 0]
+        if any(self.measured[k] == 0 for k in left):
+            return None
+        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+
+    def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
+        now = time.time()
+        self.spent[kind] += now - self.t_last
+        self.measured[kind] += amount
+        self.remaining[kind] -= amount
+        self.t_last = now
+        if force or now - self.t_printed >= self.every:
+            self.t_printed = now
+            eta = self.eta()
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
+                  flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def checkpoint_path(resume: str) -> str:
+    return os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
+    previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(resume: str) -> dict:
+    """The checkpoint at `resume` (a file or a run directory holding checkpoint.pt), or a one-line error."""
+    path = checkpoint_path(resume)
+    if not os.path.isfile(path):
+        fail(f"--resume {resume}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty or not a torch file
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); it may have been cut off mid-write")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        who = ckpt.get("script", "an unknown script") if isinstance(ckpt, dict) else "an unknown script"
+        fail(f"--resume {path}: written by {who}, not {SCRIPT}")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"--resume {path}: checkpoint format {ckpt.get('format')}, this {SCRIPT} reads format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = False) -> list:
     out = []
     for k, task in enumerate(tasks):
         try:
-            e = envs.make(args.env, seed=seed + k, **({"horizon": args.horizon} if args.horizon else {}),
-                          **({"render_mode": "rgb_array"} if args.capture_video and k == 0 else {}),
-                          reward_delay=args.reward_delay)
+            e = envs.make(args.env, seed=seed + k, horizon=args.horizon, reward_delay=args.reward_delay,
+                          **({"render_mode": "rgb_array"} if render_first and k == 0 else {}))
         except ValueError as err:  # e.g. no OpenGL library to render with
-            raise SystemExit(f"error: {err}")
+            fail(f"--capture-video: {err}" if render_first else str(err))
         e.unwrapped.set_task(task)  # the physics live in the base env, under any reward wrapper
         out.append(e)
     return out
 
 
-def save_checkpoint(path, state):
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+def rng_states(rng: np.random.Generator, env_list: list) -> dict:
+    return {"np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "env_rng": [e.unwrapped.np_random.bit_generator.state for e in env_list]}
 
 
-# ================================================================================================ main
-if __name__ == "__main__":
-    args = tyro.cli(Args)
-    try:
-        probe = envs.make(args.env, seed=args.seed, **({"horizon": args.horizon} if args.horizon else {}))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    if "dynamics" not in probe.varies:
-        raise SystemExit(f"error: mcat.py needs tasks with varying dynamics; '{args.env}' varies {probe.varies}. "
-                         f"Use one of: {', '.join(MCAT_FAMILIES)}")
-    for key, value in PAPER_DEFAULTS.get(args.env, {}).items():
-        # Table 1 pre-trains the source policy on DENSE rewards: the meta-training values do not apply there
-        if getattr(args, key) is None and not (args.mode == "transfer" and key in ("reward_delay", "total_timesteps")):
-            setattr(args, key, value)
-    args.reward_delay = 1 if args.reward_delay is None else args.reward_delay
-    if args.total_timesteps is None:
-        args.total_timesteps = 2_000_000 if args.mode == "meta" else 200_000
-    train_all = probe.train_tasks[: args.num_train_tasks] if args.num_train_tasks else probe.train_tasks
-    test_tasks = probe.test_tasks[: args.num_test_tasks] if args.num_test_tasks else probe.test_tasks
-    all_tasks = np.concatenate([probe.train_tasks, probe.test_tasks])
-    args.source_task = args.source_task or 0
-    if args.target_task is None and args.mode == "transfer" and args.source_task < len(all_tasks):
-        args.target_task = int(np.argmax(np.linalg.norm(all_tasks - all_tasks[args.source_task], axis=-1)))
-    bad = [(args.total_timesteps < 1, "--total-timesteps must be >= 1"),
-           (args.reward_delay < 1, "--reward-delay must be >= 1"),
-           (min(args.context_len, args.future_len, args.context_dim, args.batch_size, args.eval_every,
-                args.eval_episodes, args.transfer_window, args.buffer_size, args.num_test_tasks or 1) < 1,
-            "sizes and counts must be >= 1"),
-           (args.mode == "meta" and len(train_all) < 2, "meta mode needs at least 2 train tasks"),
-           (args.mode == "transfer" and not (0 <= args.source_task < len(all_tasks) and 0 <= (args.target_task or 0)
-            < len(all_tasks) and args.source_task != args.target_task),
-            f"--source-task/--target-task must be two different indices in [0, {len(all_tasks)})"),
-           (args.resume is not None and not os.path.isfile(args.resume or ""), f"no checkpoint at {args.resume}")]
-    for failed, msg in bad:
-        if failed:
-            raise SystemExit(f"error: {msg}")
-    print("resolved:", {k: getattr(args, k) for k in ("mode", "reward_delay", "total_timesteps")},
-          f"{len(train_all)} train / {len(test_tasks)} test tasks" if args.mode == "meta" else
-          f"pair {all_tasks[args.source_task].tolist()} -> {all_tasks[args.target_task].tolist()}")
+def restore_rng_states(ckpt: dict, rng: np.random.Generator, env_list: list) -> None:
+    rng.bit_generator.state = ckpt["np_rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    random.setstate(ckpt["python_rng"])
+    for e, state in zip(env_list, ckpt["env_rng"]):
+        e.unwrapped.np_random.bit_generator.state = state
 
-    run_dir = args.run_dir or (os.path.dirname(args.resume) if args.resume else
-                               f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
+
+def start_logs(run_dir: str, ckpt: Optional[dict], args: Args) -> SummaryWriter:
+    """Fresh run: a new writer and the hyperparameter table. Resumed run: eval.jsonl keeps only the rows written
+    at or before the checkpoint (atomic rewrite) and TensorBoard purges the events logged after it."""
     os.makedirs(run_dir, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(run_dir, "checkpoint.pt.tmp"))  # a stale one from a killed run
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump(asdict(args), f, indent=2)
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    if ckpt is None:
+        writer = SummaryWriter(run_dir)
+        table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        return writer
+    log = os.path.join(run_dir, "eval.jsonl")
+    if os.path.isfile(log):
+        with open(log) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["iteration"] <= ckpt["iteration"]]
+        with open(log + ".tmp", "w") as f:
+            f.writelines(rows)
+        os.replace(log + ".tmp", log)
+    return SummaryWriter(run_dir, purge_step=ckpt["env_steps"] + 1)
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    meta = args.mode == "meta"
-    train_tasks = train_all if meta else all_tasks[[args.source_task]]
-    train_envs = make_envs(args, train_tasks, args.seed)
-    eval_envs = make_envs(args, test_tasks if meta else train_tasks, args.seed + 10_000)
-    train_eval_envs = make_envs(args, train_tasks, args.seed + 20_000) if meta else []
-    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
-    n_tasks, K = len(train_tasks), args.context_len
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    model = DynamicsModel(obs_dim, act_dim, K, args.context_dim).to(device)
-    H = Translator(obs_dim, act_dim, args.context_dim).to(device)
-    actor, qf1, qf2 = (m.to(device) for m in (Actor(obs_dim, act_dim, args.context_dim),
-                                              QNetwork(obs_dim, act_dim, args.context_dim),
-                                              QNetwork(obs_dim, act_dim, args.context_dim)))
-    actor_t, qf1_t, qf2_t = (type(m)(obs_dim, act_dim, args.context_dim).to(device) for m in (actor, qf1, qf2))
-    for m, t in zip((actor, qf1, qf2), (actor_t, qf1_t, qf2_t)):
-        t.load_state_dict(m.state_dict())
-    model_opt = torch.optim.Adam(model.parameters(), lr=args.model_lr)
-    H_opt = torch.optim.Adam(H.parameters(), lr=args.translator_lr)
-    q_opt = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.learning_rate)
-    pi_opt = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
-    buf = TaskReplayBuffer(n_tasks, args.buffer_size, obs_dim, act_dim)
-    history = [deque(maxlen=args.transfer_window) for _ in range(n_tasks)]
-    z_feat, iteration, env_steps, grad_steps = None, 0, 0, 0
-    modules = dict(model=model, H=H, actor=actor, qf1=qf1, qf2=qf2, actor_t=actor_t, qf1_t=qf1_t, qf2_t=qf2_t,
-                   model_opt=model_opt, H_opt=H_opt, q_opt=q_opt, pi_opt=pi_opt)
-    if args.resume:
-        ck = torch.load(args.resume, map_location=device, weights_only=False)
-        for k, m in modules.items():
-            m.load_state_dict(ck[k])
-        buf.load_state_dict(ck["buffer"])
-        history = [deque(h, maxlen=args.transfer_window) for h in ck["history"]]
-        z_feat, iteration, env_steps, grad_steps = ck["z_feat"], ck["iteration"], ck["env_steps"], ck["grad_steps"]
-        rng.bit_generator.state = ck["np_rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        print(f"resumed from {args.resume} at iteration {iteration}, {env_steps} env steps")
-    zero_z = torch.zeros(1, args.context_dim, device=device)
 
-    def evaluate(env_list, z_fixed=None, record=False):
-        """Meta-test protocol: deterministic pi(s, z_t), z_t from the episode's own last K transitions."""
-        pol = make_policy(model, actor, device, z_fixed=z_fixed)
-        runs = [rollout(env_list, pol, rng, K, record_frames=record and e == 0) for e in range(args.eval_episodes)]
-        if record and runs[0]["frames"]:
-            envs.save_video(runs[0]["frames"], os.path.join(run_dir, "videos", f"iter{iteration}.gif"), fps=4)
-        return np.mean([r["returns"] for r in runs], 0)  # per task
+# ==================================================================================================== main
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    writer, all_envs, saved = None, [], None  # saved: (path, iteration) of the last finished checkpoint
+    try:
+        args, probe, ckpt = parse_command_line(sys.argv[1:])
+        meta = args.mode == "meta"
+        all_tasks = np.concatenate([probe.train_tasks, probe.test_tasks])
+        train_tasks = probe.train_tasks[: args.num_train_tasks] if meta else all_tasks[[args.source_task]]
+        test_tasks = probe.test_tasks[: args.num_test_tasks]
+        train_envs = make_envs(args, train_tasks, args.seed)
+        eval_envs = make_envs(args, test_tasks if meta else train_tasks, args.seed + 10_000,
+                              render_first=args.capture_video)
+        train_eval_envs = make_envs(args, train_tasks, args.seed + 20_000) if meta else []
+        pair_envs = [] if meta else make_envs(args, all_tasks[[args.source_task, args.target_task]], args.seed + 30_000)
+        all_envs = train_envs + eval_envs + train_eval_envs + pair_envs
+        print("resolved:", {k: getattr(args, k) for k in ("mode", "reward_delay", "total_timesteps")},
+              f"{len(train_tasks)} train / {len(test_tasks)} test tasks" if meta else
+              f"pair {all_tasks[args.source_task].tolist()} -> {all_tasks[args.target_task].tolist()}")
+        run_dir = args.run_dir
+        ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+        writer = start_logs(run_dir, ckpt, args)
 
-    # ======================================================================= meta-training loop (Fig. 2)
-    start_time, start_steps, last_eval = time.time(), env_steps, float("nan")
-    while env_steps < args.total_timesteps:
-        iteration += 1
-        times = {}
-        t0 = time.time()
-        # ---- (e) collection: one episode per train task; learned or transferred policy per task (§3.4)
-        learning = env_steps >= args.learning_starts
-        use_tr = np.zeros(n_tasks, bool)
-        if not learning:
-            policy = lambda o, *_: rng.uniform(-1, 1, (len(o), act_dim))  # noqa: E731
-        else:
-            src = np.zeros(n_tasks, np.int64)
-            if meta and not args.no_transfer and z_feat is not None:
-                use_tr, src = transfer_rule(history, args.transfer_window)
-            policy = make_policy(model, actor, device, z_fixed=None if meta else zero_z,
-                                 H=H if use_tr.any() else None, z_src=z_feat[src] if use_tr.any() else None,
-                                 z_tgt=z_feat if use_tr.any() else None, use_transfer=use_tr,
-                                 noise=args.exploration_noise, rng=rng)
-        ep = rollout(train_envs, policy, rng, K)
-        new_steps = store_episodes(buf, model, ep, args.gamma)
-        for k in range(n_tasks):
-            history[k].append(("transfer" if use_tr[k] else "own", float(ep["returns"][k])))
-            writer.add_scalar("charts/episodic_return", ep["returns"][k], env_steps)
-        env_steps += new_steps
-        writer.add_scalar("transfer/fraction_transferred", use_tr.mean(), env_steps)
-        writer.add_scalar("relabel/fraction_transferred", use_tr.mean(), env_steps)
-        times["collect"] = time.time() - t0
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        rng = np.random.default_rng(args.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-        times["model"] = times["translator"] = times["update"] = 0.0
-        if env_steps >= args.learning_starts:
-            # ---- (a, b) C and F with Eq. 1 + Eq. 2 (only meta mode: the source policy ignores contexts)
+        obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        n_tasks, K = len(train_tasks), args.context_len
+        modules = make_agent(obs_dim, act_dim, args, device)
+        model, H, actor, qf1, qf2, actor_t, qf1_t, qf2_t, model_opt, H_opt, q_opt, pi_opt = modules.values()
+        buf = TaskReplayBuffer(n_tasks, args.buffer_size, obs_dim, act_dim)
+        history = [deque(maxlen=args.transfer_window) for _ in range(n_tasks)]
+        z_feat, iteration, env_steps, grad_steps, wall_before = None, 0, 0, 0, 0.0
+        zero_z = torch.zeros(1, args.context_dim, device=device)
+        if ckpt is not None:
+            for k, m in modules.items():
+                m.load_state_dict(ckpt[k])
+            buf.load_state_dict(ckpt["buffer"])
+            history = [deque(h, maxlen=args.transfer_window) for h in ckpt["history"]]
+            z_feat = None if ckpt["z_feat"] is None else ckpt["z_feat"].to(device)
+            iteration, env_steps, grad_steps, wall_before = (ckpt[k] for k in ("iteration", "env_steps", "grad_steps",
+                                                                               "wall_time"))
+            restore_rng_states(ckpt, rng, all_envs)
+            if os.path.abspath(checkpoint_path(args.resume)) == os.path.abspath(ckpt_path):
+                saved = (ckpt_path, iteration)
+            print(f"resumed from {checkpoint_path(args.resume)} at iteration {iteration}, {env_steps} env steps")
+
+        n_iter = -(-args.total_timesteps // (n_tasks * args.horizon))
+        iters_left = max(n_iter - iteration, 0)
+        learn_left = max(args.total_timesteps - max(env_steps, args.learning_starts), 0)
+        progress = Progress({"collect": args.total_timesteps - env_steps, "update": learn_left * args.updates_per_step,
+                             "model": (iters_left * args.model_updates if meta else args.transfer_model_updates),
+                             "translator": (iters_left * args.translator_updates * (not args.no_transfer) if meta
+                                            else args.transfer_translator_updates),
+                             "eval": -(-iters_left // args.eval_every) * (1 + meta) * args.eval_episodes})
+        start_time, start_steps, last_eval = time.time(), env_steps, float("nan")
+        status = lambda what: (f"iteration {iteration}/{n_iter} | {what} | env steps {env_steps:,}/"  # noqa: E731
+                               f"{args.total_timesteps:,} | last eval return {last_eval:.1f}")
+        progress.step("collect", 0, status("starting"), force=True)
+
+        # ======================================================================= meta-training loop (Fig. 2)
+        while env_steps < args.total_timesteps:
+            iteration += 1
+            times = {}
             t0 = time.time()
-            if meta:
-                for _ in range(args.model_updates):
-                    fwd, cont = model_update(model, model_opt, buf, rng, args, device)
-                writer.add_scalar("losses/forward", fwd, env_steps)
-                writer.add_scalar("losses/contrastive", cont, env_steps)
-                z_feat = task_features(model, buf, rng, args, device)
-            times["model"] = time.time() - t0
-            # ---- (c) H with Eq. 3, C and F frozen
-            t0 = time.time()
-            if meta and not args.no_transfer:
-                model.requires_grad_(False)
-                for _ in range(args.translator_updates):
-                    tl = translator_update(model, H, H_opt, buf, z_feat, rng, args, device)
-                model.requires_grad_(True)
-                writer.add_scalar("losses/translator", tl, env_steps)
-            times["translator"] = time.time() - t0
-            # ---- (d) TD3 + SIL with C frozen
-            t0, info = time.time(), {}
-            for _ in range(int(new_steps * args.updates_per_step)):
-                grad_steps += 1
-                info = td3_update(grad_steps, sample_rl_batch(model, buf, rng, args, device, use_context=meta),
-                                  (actor, qf1, qf2), (actor_t, qf1_t, qf2_t), q_opt, pi_opt, args)
-            for k, v in info.items():
-                writer.add_scalar(k, v, env_steps)
-            times["update"] = time.time() - t0
-        times["relabel"] = times["model"] + times["translator"]  # what MCAT adds on top of context-TD3's RL step
+            # ---- (e) collection: one episode per train task; learned or transferred policy per task (§3.4)
+            learning = env_steps >= args.learning_starts
+            use_tr = np.zeros(n_tasks, bool)
+            if not learning:
+                policy = lambda o, *_: rng.uniform(-1, 1, (len(o), act_dim))  # noqa: E731
+            else:
+                src = np.zeros(n_tasks, np.int64)
+                if meta and not args.no_transfer and z_feat is not None:
+                    use_tr, src = transfer_rule(history, args.transfer_window)
+                policy = make_policy(model, actor, device, z_fixed=None if meta else zero_z,
+                                     H=H if use_tr.any() else None, z_src=z_feat[src] if use_tr.any() else None,
+                                     z_tgt=z_feat if use_tr.any() else None, use_transfer=use_tr,
+                                     noise=args.exploration_noise, rng=rng)
+            ep = rollout(train_envs, policy, rng, K)
+            new_steps = store_episodes(buf, model, ep, args.gamma)
+            env_steps += new_steps
+            for k in range(n_tasks):
+                history[k].append(("transfer" if use_tr[k] else "own", float(ep["returns"][k])))
+                writer.add_scalar("charts/episodic_return", ep["returns"][k], env_steps)
+            writer.add_scalar("transfer/fraction_transferred", use_tr.mean(), env_steps)
+            writer.add_scalar("relabel/fraction_transferred", use_tr.mean(), env_steps)
+            times["collect"] = time.time() - t0
+            progress.step("collect", new_steps, status("collected one episode per train task"))
 
-        if iteration % args.eval_every == 0 or env_steps >= args.total_timesteps:
-            t0 = time.time()
-            test_ret = evaluate(eval_envs, None if meta else zero_z, record=args.capture_video)
-            train_ret = evaluate(train_eval_envs) if meta else test_ret
-            times["eval"] = time.time() - t0
-            last_eval = float(test_ret.mean())
-            record = {"iteration": iteration, "env_steps": env_steps, "wall_time": time.time() - start_time,
-                      "eval/return": last_eval, "eval/return_train_tasks": float(train_ret.mean()),
-                      "transfer/fraction_transferred": float(use_tr.mean()),
-                      **{f"time/{k}": v for k, v in times.items()}}
-            for k, v in record.items():
-                if "/" in k:
+            times["model"] = times["translator"] = times["update"] = 0.0
+            if env_steps >= args.learning_starts:
+                # ---- (a, b) C and F with Eq. 1 + Eq. 2 (only meta mode: the source policy ignores contexts)
+                t0 = time.time()
+                if meta:
+                    for _ in range(args.model_updates):
+                        fwd, cont = model_update(model, model_opt, buf, rng, args, device)
+                        progress.step("model", 1, status("C/F updates"))
+                    writer.add_scalar("losses/forward", fwd, env_steps)
+                    writer.add_scalar("losses/contrastive", cont, env_steps)
+                    z_feat = task_features(model, buf, rng, args, device)
+                times["model"] = time.time() - t0
+                # ---- (c) H with Eq. 3, C and F frozen
+                t0 = time.time()
+                if meta and not args.no_transfer:
+                    model.requires_grad_(False)
+                    for _ in range(args.translator_updates):
+                        tl = translator_update(model, H, H_opt, buf, z_feat, rng, args, device)
+                        progress.step("translator", 1, status("H updates"))
+                    model.requires_grad_(True)
+                    writer.add_scalar("losses/translator", tl, env_steps)
+                times["translator"] = time.time() - t0
+                # ---- (d) TD3 + SIL with C frozen
+                t0, info = time.time(), {}
+                for _ in range(int(new_steps * args.updates_per_step)):
+                    grad_steps += 1
+                    info = rl_step(grad_steps, model, buf, rng, (actor, qf1, qf2), (actor_t, qf1_t, qf2_t), q_opt,
+                                   pi_opt, args, device, use_context=meta)
+                    progress.step("update", 1, status("TD3+SIL updates"))
+                for k, v in info.items():
                     writer.add_scalar(k, v, env_steps)
+                times["update"] = time.time() - t0
+            times["relabel"] = times["model"] + times["translator"]  # what MCAT adds on top of context-TD3's RL step
+
+            if iteration % args.eval_every == 0 or env_steps >= args.total_timesteps:
+                t0 = time.time()
+                video = os.path.join(run_dir, "videos", f"iter{iteration}.gif") if args.capture_video else None
+                test_ret = evaluate(eval_envs, model, actor, rng, args, device, None if meta else zero_z, video)
+                train_ret = evaluate(train_eval_envs, model, actor, rng, args, device) if meta else test_ret
+                times["eval"] = time.time() - t0
+                last_eval = float(test_ret.mean())
+                progress.step("eval", (1 + meta) * args.eval_episodes, status("evaluated"))
+                record = {"iteration": iteration, "env_steps": env_steps,
+                          "wall_time": wall_before + time.time() - start_time,
+                          "eval/return": last_eval, "eval/return_train_tasks": float(train_ret.mean()),
+                          "transfer/fraction_transferred": float(use_tr.mean()),
+                          **{f"time/{k}": v for k, v in times.items()}}
+                for k, v in record.items():
+                    if "/" in k:
+                        writer.add_scalar(k, v, env_steps)
+                with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if args.save_model:
+                    save_checkpoint(ckpt_path, {
+                        **{k: m.state_dict() for k, m in modules.items()}, "buffer": buf.state_dict(),
+                        "history": [list(h) for h in history], "z_feat": z_feat, "iteration": iteration,
+                        "env_steps": env_steps, "grad_steps": grad_steps, "wall_time": record["wall_time"],
+                        "env": args.env, "args": asdict(args), **rng_states(rng, all_envs)})
+                    saved = (ckpt_path, iteration)
+            writer.add_scalar("charts/SPS", (env_steps - start_steps) / (time.time() - start_time), env_steps)
+
+        # ========================================================== --mode transfer: Table 1 on fixed data
+        if not meta:
+            t0 = time.time()
+            record = table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, args.horizon, obs_dim, act_dim,
+                                     progress)
+            record = {"iteration": iteration + 1, "env_steps": env_steps,
+                      "wall_time": wall_before + time.time() - start_time, **record,
+                      "source_task": all_tasks[args.source_task].tolist(),
+                      "target_task": all_tasks[args.target_task].tolist(),
+                      "time/collect": 0.0, "time/update": 0.0, "time/relabel": time.time() - t0, "time/eval": 0.0}
             with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-                    **{k: m.state_dict() for k, m in modules.items()}, "buffer": buf.state_dict(),
-                    "history": [list(h) for h in history], "z_feat": z_feat, "iteration": iteration,
-                    "env_steps": env_steps, "grad_steps": grad_steps, "np_rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "args": asdict(args)})
-        sps = (env_steps - start_steps) / (time.time() - start_time)
-        writer.add_scalar("charts/SPS", sps, env_steps)
-        eta = max(args.total_timesteps - env_steps, 0) / max(sps, 1e-9)
-        print(f"it {iteration} step {env_steps}/{args.total_timesteps} SPS {sps:.0f} eval {last_eval:.1f} "
-              f"transfer {use_tr.mean():.2f} ETA {eta / 60:.1f} min", flush=True)
-
-    # ========================================================== --mode transfer: Table 1 on fixed data
-    if not meta:
-        t0 = time.time()
-        pair_envs = make_envs(args, all_tasks[[args.source_task, args.target_task]], args.seed + 30_000)
-        data = TaskReplayBuffer(2, args.transfer_episodes * probe.horizon, obs_dim, act_dim)
-        model = DynamicsModel(obs_dim, act_dim, K, args.context_dim).to(device)  # fresh C/F for the pair
-        collect = make_policy(model, actor, device, z_fixed=zero_z, noise=args.transfer_data_noise, rng=rng)
-        for _ in range(args.transfer_episodes):  # the source policy plus noise on both tasks: 'mediocre' data
-            store_episodes(data, model, rollout(pair_envs, collect, rng, K), args.gamma)
-        fwd = cont = tl = float("nan")
-        model_opt = torch.optim.Adam(model.parameters(), lr=args.model_lr)
-        for _ in range(args.transfer_model_updates):
-            fwd, cont = model_update(model, model_opt, data, rng, args, device)
-        z_pair = task_features(model, data, rng, args, device)
-        model.requires_grad_(False)
-        for _ in range(args.transfer_translator_updates):
-            tl = translator_update(model, H, H_opt, data, z_pair, rng, args, device, pair=(0, 1))
-        tgt_env = pair_envs[1:]
-        source_pol = make_policy(model, actor, device, z_fixed=zero_z)
-        transfer_pol = make_policy(model, actor, device, z_fixed=zero_z, H=H, z_src=z_pair[[0]], z_tgt=z_pair[[1]],
-                                   use_transfer=np.ones(1, bool))
-        src_on_tgt = [rollout(tgt_env, source_pol, rng, K)["returns"][0] for _ in range(args.eval_episodes)]
-        tr_on_tgt = [rollout(tgt_env, transfer_pol, rng, K)["returns"][0] for _ in range(args.eval_episodes)]
-        src_on_src = [rollout(pair_envs[:1], source_pol, rng, K)["returns"][0] for _ in range(args.eval_episodes)]
-        record = {"iteration": iteration + 1, "env_steps": env_steps, "wall_time": time.time() - start_time,
-                  "eval/return": float(np.mean(tr_on_tgt)), "eval/source_policy_return": float(np.mean(src_on_tgt)),
-                  "eval/source_on_source_return": float(np.mean(src_on_src)),
-                  "eval/transferred_stderr": float(np.std(tr_on_tgt) / np.sqrt(len(tr_on_tgt))),
-                  "eval/source_stderr": float(np.std(src_on_tgt) / np.sqrt(len(src_on_tgt))),
-                  "losses/forward": fwd, "losses/contrastive": cont, "losses/translator": tl,
-                  "source_task": all_tasks[args.source_task].tolist(),
-                  "target_task": all_tasks[args.target_task].tolist(),
-                  "time/collect": 0.0, "time/update": 0.0, "time/relabel": time.time() - t0, "time/eval": 0.0}
-        with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if k.startswith(("eval/", "losses/")):
-                writer.add_scalar(k, v, env_steps)
-        print(f"transfer {all_tasks[args.source_task].tolist()} -> {all_tasks[args.target_task].tolist()}: "
-              f"source policy on target {np.mean(src_on_tgt):.1f}, transferred {np.mean(tr_on_tgt):.1f} "
-              f"(source on source {np.mean(src_on_src):.1f})")
-    for e in train_envs + eval_envs + train_eval_envs:
-        e.close()
-    writer.close()
+            for k, v in record.items():
+                if k.startswith(("eval/", "losses/")):
+                    writer.add_scalar(k, v, env_steps + 1)  # after the checkpoint's step: a resume purges it
+            print(f"transfer {record['source_task']} -> {record['target_task']}: source policy on target "
+                  f"{record['eval/source_policy_return']:.1f}, transferred {record['eval/return']:.1f} "
+                  f"(source on source {record['eval/source_on_source_return']:.1f})")
+        progress.step("eval", 0, f"done: eval.jsonl and TensorBoard logs in {run_dir}"
+                      + (f", checkpoint {ckpt_path}" if saved else ""), force=True)
+    except KeyboardInterrupt as e:
+        name = e.args[0] if e.args else "SIGINT"
+        where = (f"the last finished checkpoint is {saved[0]} (iteration {saved[1]})" if saved
+                 else "no checkpoint was written yet")
+        print(f"stopped by {name}; {where}", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[name].value)
+    finally:
+        if writer is not None:
+            writer.close()
+        for e in all_envs:
+            e.close()

@@ -1,12 +1,15 @@
 """Tests of mcat.py: Eq. 2 on hand-built pairs, the translator on a synthetic a -> -a task pair (Eq. 1 + Eq. 3),
-the buffer's episode masking, SIL returns, the delayed-reward sums, the policy-transfer rule (§3.4), both modes
-end to end (with checkpoint and resume) and one-line errors."""
+the buffer's episode masking, the delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, both
+modes end to end, and the command line: one-line errors, checkpoints, exact resume after SIGTERM, --help."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import deque
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -22,6 +25,13 @@ def run(*flags, timeout=120):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(ROOT, "mcat.py"), *flags], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
+
+
+def rows(run_dir):
+    """eval.jsonl without the wall-clock fields."""
+    with open(os.path.join(run_dir, "eval.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_time" and not k.startswith("time/")}
+                for line in f]
 
 
 # ------------------------------------------------------------------------------------------ Eq. 2
@@ -121,84 +131,217 @@ def test_translator_learns_negated_actions():
     assert (translated + a).abs().mean() < 0.12, (translated + a).abs().mean()
 
 
+def filled_buffer(rng, n_tasks=2, n=50, od=3, ad=2):
+    buf = mcat.TaskReplayBuffer(n_tasks, 4 * n, od, ad)
+    for k in range(n_tasks):
+        buf.add_episode(k, rng.random((n, od)), rng.uniform(-1, 1, (n, ad)), rng.random(n), rng.random((n, od)),
+                        np.zeros(n), 10 * rng.random(n))
+    return buf
+
+
+def make_td3(od, ad, zd):
+    nets = [mcat.Actor(od, ad, zd), mcat.QNetwork(od, ad, zd), mcat.QNetwork(od, ad, zd)]
+    q_opt = torch.optim.Adam(list(nets[1].parameters()) + list(nets[2].parameters()), lr=3e-4)
+    return nets, [type(n)(od, ad, zd) for n in nets], q_opt, torch.optim.Adam(nets[0].parameters(), lr=3e-4)
+
+
 def test_td3_batch_contexts_carry_no_gradient_to_the_encoder():
     rng = np.random.default_rng(0)
-    buf = mcat.TaskReplayBuffer(2, 100, 3, 2)
-    for k in range(2):
-        buf.add_episode(k, rng.random((20, 3)), rng.random((20, 2)), np.ones(20), rng.random((20, 3)),
-                        np.zeros(20), np.ones(20))
+    buf = filled_buffer(rng)
     args = mcat.Args(batch_size=16, sil_policy_coef=1.0)  # both SIL terms, so both reach the networks
     model = mcat.DynamicsModel(3, 2, args.context_len, args.context_dim)
-    batch = mcat.sample_rl_batch(model, buf, rng, args, "cpu")
-    assert not batch[-1].requires_grad and not batch[-2].requires_grad  # Fig. 2d: C fixed while training Q, pi
-    nets = [mcat.Actor(3, 2, 10), mcat.QNetwork(3, 2, 10), mcat.QNetwork(3, 2, 10)]
-    targets = [type(n)(3, 2, 10) for n in nets]
-    q_opt = torch.optim.Adam(list(nets[1].parameters()) + list(nets[2].parameters()))
-    info = mcat.td3_update(2, batch, nets, targets, q_opt, torch.optim.Adam(nets[0].parameters()), args)
+    nets, targets, q_opt, pi_opt = make_td3(3, 2, args.context_dim)
+    info = mcat.rl_step(2, model, buf, rng, nets, targets, q_opt, pi_opt, args, "cpu", use_context=True)
     assert {"losses/sil_value", "losses/sil_policy", "losses/actor_loss"} <= set(info)
-    assert all(p.grad is None for p in model.parameters())
-
-
-# ------------------------------------------------------------------------------------- end to end
-TINY = ["--env", "cheetah-armature", "--horizon", "25", "--learning-starts", "125", "--model-updates", "4",
-        "--translator-updates", "4", "--updates-per-step", "0.2", "--num-train-tasks", "3", "--num-test-tasks", "2",
-        "--transfer-window", "2", "--reward-delay", "10", "--model-batch-size", "32", "--task-feature-batch", "16"]
-
-
-def test_meta_mode_end_to_end_with_resume(tmp_path):
-    d = str(tmp_path / "meta")
-    r = run(*TINY, "--total-timesteps", "300", "--run-dir", d)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = [json.loads(x) for x in open(os.path.join(d, "eval.jsonl"))]
-    assert [x["env_steps"] for x in lines] == [75, 150, 225, 300]
-    assert all(np.isfinite(x["eval/return"]) and x["time/update"] >= 0 for x in lines)
-    assert lines[-1]["time/update"] > 0 and lines[-1]["time/translator"] > 0  # updates and H training happened
-    assert any(x["transfer/fraction_transferred"] > 0 for x in lines)  # transfer decisions were taken
-    r = run(*TINY, "--total-timesteps", "375", "--resume", os.path.join(d, "checkpoint.pt"))
-    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
-    lines = [json.loads(x) for x in open(os.path.join(d, "eval.jsonl"))]
-    assert lines[-1]["iteration"] == 5 and lines[-1]["env_steps"] == 375
-
-
-def test_transfer_mode_end_to_end(tmp_path):
-    d = str(tmp_path / "transfer")
-    r = run("--mode", "transfer", *TINY, "--total-timesteps", "150", "--transfer-episodes", "2",
-            "--transfer-model-updates", "10", "--transfer-translator-updates", "10", "--eval-episodes", "2",
-            "--no-sil", "--no-contrastive", "--run-dir", d)  # the ablation flags' code paths as well
-    assert r.returncode == 0, r.stderr[-2000:]
-    last = json.loads(open(os.path.join(d, "eval.jsonl")).read().splitlines()[-1])
-    assert last["source_task"] == [0.1] and last["target_task"] == [0.5]  # the paper's Table 1 pair
-    assert np.isfinite(last["eval/return"]) and np.isfinite(last["eval/source_policy_return"])
-    assert os.path.isfile(os.path.join(d, "checkpoint.pt"))
-
-
-@pytest.mark.parametrize("flags, words", [
-    (["--env", "point-robot"], "varying dynamics"),
-    (["--reward-delay", "0"], "--reward-delay"),
-    (["--mode", "transfer", "--source-task", "2", "--target-task", "2"], "two different indices"),
-])
-def test_bad_input_is_a_one_line_error(flags, words):
-    r = run(*flags, timeout=60)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    msg = r.stderr.strip()
-    assert "\n" not in msg and msg.startswith("error:") and words in msg, msg
+    assert all(p.grad is None for p in model.parameters())  # Fig. 2d: C fixed while training Q, pi
 
 
 def test_same_seed_gives_identical_first_losses():
     def first_losses(seed):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        buf = mcat.TaskReplayBuffer(2, 200, 3, 2)
-        for k in range(2):
-            buf.add_episode(k, rng.random((50, 3)), rng.uniform(-1, 1, (50, 2)), rng.random(50), rng.random((50, 3)),
-                            np.zeros(50), rng.random(50))
+        buf = filled_buffer(rng)
         args = mcat.Args(batch_size=32, model_batch_size=16)
         model = mcat.DynamicsModel(3, 2, args.context_len, args.context_dim)
         fwd, cont = mcat.model_update(model, torch.optim.Adam(model.parameters()), buf, rng, args, "cpu")
-        nets = [mcat.Actor(3, 2, 10), mcat.QNetwork(3, 2, 10), mcat.QNetwork(3, 2, 10)]
-        q_opt = torch.optim.Adam(list(nets[1].parameters()) + list(nets[2].parameters()))
-        info = mcat.td3_update(2, mcat.sample_rl_batch(model, buf, rng, args, "cpu"), nets,
-                               [type(n)(3, 2, 10) for n in nets], q_opt, torch.optim.Adam(nets[0].parameters()), args)
+        info = mcat.rl_step(2, model, buf, rng, *make_td3(3, 2, 10), args, "cpu", use_context=True)
         return fwd, cont, info["losses/qf_loss"], info["losses/actor_loss"]
 
     assert first_losses(0) == first_losses(0) != first_losses(1)
+
+
+def test_td3_with_sil_learns_a_contextual_bandit():
+    """The learning check. No MCAT family learns within seconds on a CPU (cheetah at horizon 50 after 2,500
+    updates moved by +-2 between evaluations), so this drives the script's own update (`rl_step`: buffer, frozen
+    contexts, TD3 + SIL) on one-step episodes whose best action is a*(s) = 0.9 (s_0, -s_1): reward
+    -|a - a*(s)|^2, behaviour actions uniform. The untrained actor scores about -0.55; 300 updates reach -0.01."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    args = mcat.Args(batch_size=64, learning_rate=1e-3)
+    best = lambda s: 0.9 * np.stack([s[:, 0], -s[:, 1]], -1)  # noqa: E731
+    buf = mcat.TaskReplayBuffer(2, 2000, 3, 2)
+    for k in range(2):
+        for _ in range(1000):
+            s, a = rng.uniform(-1, 1, (1, 3)), rng.uniform(-1, 1, (1, 2))
+            r = -((a - best(s)) ** 2).sum(-1)
+            buf.add_episode(k, s, a, r, s, np.ones(1), r)  # terminal: Q(s, a) = r = R
+    model = mcat.DynamicsModel(3, 2, args.context_len, args.context_dim)
+    nets, targets, q_opt, pi_opt = make_td3(3, 2, args.context_dim)
+    s_test = torch.as_tensor(rng.uniform(-1, 1, (500, 3)), dtype=torch.float32)
+
+    def reward():
+        with torch.no_grad():
+            a = nets[0](s_test, torch.zeros(500, args.context_dim)).numpy()
+        return float(-((a - best(s_test.numpy())) ** 2).sum(-1).mean())
+
+    untrained = reward()
+    for step in range(1, 301):
+        mcat.rl_step(step, model, buf, rng, nets, targets, q_opt, pi_opt, args, "cpu", use_context=True)
+    assert untrained < -0.3 and reward() > -0.05, (untrained, reward())
+
+
+# -------------------------------------------------------------------------------- the command line
+def bad(tmp_path, kind):
+    """A checkpoint that --resume must refuse: (path, words its error names)."""
+    path = str(tmp_path / f"{kind}.pt")
+    good = asdict(mcat.resolve_args(mcat.Args(), envs.make("cheetah-armature")))
+    if kind == "empty":
+        open(path, "wb").close()
+    elif kind == "truncated":
+        torch.save({"script": "mcat.py", "format": 1, "blob": torch.zeros(20000)}, path)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif kind == "foreign":
+        torch.save({"script": "pearl.py", "format": 1}, path)
+    elif kind == "old-format":
+        torch.save({"script": "mcat.py", "format": 0}, path)
+    elif kind == "other-env":
+        mcat.save_checkpoint(path, {"env": "cheetah-armature", "args": good})
+        return path, ["--env cheetah-armature", "not --env cheetah-mass"]
+    return path, {"empty": ["not a readable checkpoint"], "truncated": ["not a readable checkpoint"],
+                  "foreign": ["written by pearl.py, not mcat.py"], "old-format": ["format 0"],
+                  "missing": ["no checkpoint file there"]}[kind]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--seed", "-1"], ["--seed -1", "[0, 2**31)"]),
+    (["--gamma", "2"], ["--gamma 2.0", "(0, 1]"]),
+    (["--gamma", "0"], ["--gamma 0.0"]),
+    (["--tau", "-1"], ["--tau -1.0"]),
+    (["--learning-rate", "-0.001"], ["--learning-rate -0.001", "> 0"]),
+    (["--model-lr", "0"], ["--model-lr 0.0"]),
+    (["--horizon", "0"], ["--horizon 0", ">= 1"]),
+    (["--num-train-tasks", "0"], ["--num-train-tasks 0"]),
+    (["--num-train-tasks", "1"], ["--num-train-tasks 1", "2 tasks"]),
+    (["--num-test-tasks", "9"], ["--num-test-tasks 9", "[1, 6]"]),
+    (["--total-timesteps", "0"], ["--total-timesteps 0"]),
+    (["--reward-delay", "0"], ["--reward-delay 0"]),
+    (["--batch-size", "0"], ["--batch-size 0"]),
+    (["--buffer-size", "999"], ["--buffer-size 999", "--horizon (1000)"]),
+    (["--sil-adv-clip", "0"], ["--sil-adv-clip 0.0"]),
+    (["--env", "foo"], ["--env foo: unknown", "cheetah-armature"]),
+    (["--env", "point-robot"], ["--env point-robot", "dynamics vary", "cheetah-mass"]),
+    (["--mode", "c"], ["'c'", "--mode", "transfer"]),
+    (["--batch-size", "x"], ["--batch-size", "'x'"]),
+    (["--no-such-flag"], ["--no-such-flag"]),
+    (["--mode", "transfer", "--source-task", "2", "--target-task", "2"], ["--target-task 2", "--source-task 2"]),
+    (["--mode", "transfer", "--source-task", "11"], ["--source-task 11", "[0, 11)"]),
+])
+def test_bad_input_is_a_one_line_error(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        mcat.parse_command_line(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and err.startswith("error:") and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "foreign", "old-format", "other-env"])
+def test_a_checkpoint_that_cannot_be_resumed_is_a_one_line_error(kind, tmp_path, capsys):
+    path, words = bad(tmp_path, kind)
+    argv = ["--resume", path] + (["--env", "cheetah-mass"] if kind == "other-env" else [])
+    with pytest.raises(SystemExit) as e:
+        mcat.parse_command_line(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and err.startswith("error: --resume"), err
+    assert all(w in err for w in words), err
+
+
+def test_resume_takes_the_runs_arguments_from_the_checkpoint(tmp_path, capsys):
+    stored = mcat.resolve_args(mcat.Args(env="cheetah-mass", reward_delay=10, gamma=0.9, seed=7),
+                               envs.make("cheetah-mass"))
+    stored.run_dir = str(tmp_path / "run")
+    os.makedirs(stored.run_dir)
+    path = os.path.join(stored.run_dir, "checkpoint.pt")
+    mcat.save_checkpoint(path, {"env": "cheetah-mass", "args": asdict(stored)})
+    args, probe, ckpt = mcat.parse_command_line(["--resume", stored.run_dir, "--gamma", "0.5",
+                                                 "--total-timesteps", "777", "--seed", "7"])
+    assert (args.env, args.reward_delay, args.gamma, args.seed) == ("cheetah-mass", 10, 0.9, 7)  # not repeated
+    assert args.total_timesteps == 777 and args.run_dir == stored.run_dir and probe.name == "cheetah-mass"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --gamma 0.5 differs from the checkpoint's 0.9: using the checkpoint's 0.9",
+                   "warning: --total-timesteps 777 (the checkpoint's run had 2000000): using 777"]
+
+
+def test_help_shows_the_chosen_envs_paper_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        mcat.parse_command_line(["--env", "hopper-size", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert "paper defaults for --env hopper-size: reward_delay=500 total_timesteps=2000000" in out
+    assert "num_test_tasks=2" in out and "a paper-size run (2M env steps) costs ~" in out
+    with pytest.raises(SystemExit) as e:
+        mcat.parse_command_line(["--env", "nope", "--help"])  # an unknown env: the generic text, no traceback
+    assert e.value.code == 0 and "paper defaults" not in capsys.readouterr().out
+
+
+def test_bad_input_from_the_shell_has_no_traceback():
+    r = run("--seed", "-1", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --seed -1: must be in [0, 2**31)", r.stderr
+
+
+# ------------------------------------------------------------------------------------- end to end
+TINY = ["--env", "cheetah-armature", "--horizon", "25", "--learning-starts", "125", "--model-updates", "4",
+        "--translator-updates", "4", "--updates-per-step", "0.2", "--num-train-tasks", "3", "--num-test-tasks", "2",
+        "--transfer-window", "2", "--reward-delay", "10", "--model-batch-size", "32", "--task-feature-batch", "16",
+        "--batch-size", "32", "--total-timesteps", "600"]
+
+
+def test_meta_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path):
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    r = run(*TINY, "--run-dir", whole)
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected = rows(whole)
+    assert [x["env_steps"] for x in expected] == [75 * i for i in range(1, 9)]
+    assert any(x["transfer/fraction_transferred"] > 0 for x in expected)  # transfer decisions were taken
+    assert len({x["eval/return"] for x in expected[2:]}) > 1  # the policy changed once updates began
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "mcat.py"), *TINY, "--run-dir", cut], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = os.path.join(cut, "checkpoint.pt")
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1].strip()
+    assert p.returncode == 143 and "Traceback" not in err and "\n" not in err, err
+    assert err.startswith(f"stopped by SIGTERM; the last finished checkpoint is {ckpt} (iteration "), err
+    stopped_at = mcat.load_checkpoint(ckpt)["iteration"]
+    assert stopped_at < 8, "the run ended before the signal: nothing was interrupted"
+    with open(os.path.join(cut, "eval.jsonl"), "a") as f:  # a row the killed run wrote after its checkpoint
+        f.write(json.dumps({**expected[stopped_at], "eval/return": 1e9}) + "\n")
+    r = run("--resume", cut)  # no other flag: the run's arguments come from the checkpoint
+    assert r.returncode == 0 and f"resumed from {ckpt} at iteration {stopped_at}" in r.stdout, r.stderr[-2000:]
+    assert rows(cut) == expected  # row for row, no iteration twice
+
+
+def test_transfer_mode_end_to_end(tmp_path):
+    d = str(tmp_path / "transfer")
+    r = run("--mode", "transfer", *TINY[:-2], "--total-timesteps", "150", "--transfer-episodes", "2",
+            "--transfer-model-updates", "10", "--transfer-translator-updates", "10", "--eval-episodes", "2",
+            "--no-sil", "--no-contrastive", "--run-dir", d)  # the ablation flags' code paths as well
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = rows(d)[-1]
+    assert last["source_task"] == [0.1] and last["target_task"] == [0.5]  # the paper's Table 1 pair
+    assert np.isfinite(last["eval/return"]) and np.isfinite(last["eval/source_policy_return"])
+    assert mcat.load_checkpoint(d)["args"]["mode"] == "transfer"

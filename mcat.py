@@ -128,13 +128,18 @@ class Args:
     """env steps (all tasks) of uniform random actions before any update"""
     updates_per_step: float = 1.0
     """TD3 gradient steps per collected env step"""
+    sil_weight: float = 0.1
+    """weight of the SIL losses beside TD3's (Oh et al.'s MuJoCo value; 1 in their Atari runs)"""
     sil_value_coef: float = 0.01
-    """beta^sil of Oh et al.: weight of 1/2 (R - Q)_+^2 on both critics"""
-    sil_policy_coef: float = 0.0
-    """weight of the actor's advantage-weighted imitation term (Oh et al.'s policy loss). Off by default: at
-    1/(2 sigma^2) = 50 it outweighs the TD3 actor loss and pins pi to the buffer's mean action (docs/mcat.md)"""
+    """beta^sil of Oh et al.: weight of the value term 1/2 (R - Q)_+^2 beside the imitation term"""
     sil_adv_clip: float = 1.0
     """clip of the SIL advantage (R - V)_+ (Oh et al.'s implementation)"""
+    sil_batch_size: int = 256
+    """transitions of SIL's prioritized sample per TD3 update (Oh et al.: 512 per separate SIL update)"""
+    sil_alpha: float = 0.6
+    """prioritization exponent of SIL's sample, P(i) ~ (R - V)_+^alpha (Oh et al.)"""
+    sil_beta: float = 0.1
+    """importance-weight exponent of SIL's prioritized sample (Oh et al.'s MuJoCo value)"""
     # policy transfer (§3.4)
     transfer_window: int = 10
     """recent episodes per task over which own / transferred returns are averaged"""
@@ -149,7 +154,7 @@ class Args:
     target_task: Optional[int] = None
     """target task, same indexing (default: the paper's pair, else the task farthest from the source)"""
     transfer_episodes: int = 10
-    """fixed-data episodes per task, collected with the source policy plus noise"""
+    """fixed-data episodes per task, collected with the source policy plus noise (0: stop after the source policy)"""
     transfer_data_noise: float = 0.3
     """Gaussian noise on the source policy while collecting the fixed data (a 'mediocre' policy)"""
     transfer_model_updates: int = 5000
@@ -292,9 +297,10 @@ class TaskReplayBuffer:
     Episodes are stored contiguously (modulo capacity), so a transition's context window and its future
     transitions are neighbours in memory; `t` (step in episode) and `left` (steps after it in its episode)
     say which neighbours belong to the same episode. `delta` = s' - s is stored instead of s' because contexts
-    and F read it; `ret` is the discounted return-to-go, SIL's R."""
+    and F read it; `ret` is the discounted return-to-go, SIL's R. With `sil_alpha`, every transition also holds
+    SIL's priority p^alpha in `priority`, indexed by a sum tree for the prioritized sample."""
 
-    def __init__(self, n_tasks, capacity, obs_dim, act_dim):
+    def __init__(self, n_tasks, capacity, obs_dim, act_dim, sil_alpha=None):
         shape = (n_tasks, capacity)
         self.obs, self.delta = np.zeros(shape + (obs_dim,), np.float32), np.zeros(shape + (obs_dim,), np.float32)
         self.act = np.zeros(shape + (act_dim,), np.float32)
@@ -303,6 +309,8 @@ class TaskReplayBuffer:
         self.t, self.left = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
         self.ptr, self.size = np.zeros(n_tasks, np.int64), np.zeros(n_tasks, np.int64)
         self.n_tasks, self.capacity = n_tasks, capacity
+        self.priority, self.max_priority = np.zeros(shape), np.ones(1)  # p^alpha (0: empty slot); largest p so far
+        self.sil_alpha, self.tree = sil_alpha, (SumTree(n_tasks * capacity) if sil_alpha is not None else None)
 
     def add_episode(self, k, obs, act, rew, next_obs, done, ret):
         n = len(obs)
@@ -312,6 +320,8 @@ class TaskReplayBuffer:
         self.t[k, pos], self.left[k, pos] = np.arange(n), n - 1 - np.arange(n)
         self.ptr[k] = (self.ptr[k] + n) % self.capacity
         self.size[k] = min(self.size[k] + n, self.capacity)
+        if self.tree is not None:  # new transitions get the largest priority so far (Schaul et al. 2016)
+            self.set_priority(np.full(n, k), pos, np.full(n, self.max_priority[0] ** self.sil_alpha))
 
     def sample_index(self, tasks, rng):
         return (rng.random(len(tasks)) * self.size[tasks]).astype(np.int64)
@@ -324,6 +334,23 @@ class TaskReplayBuffer:
         take = lambda a: np.take(a.reshape(-1, a.shape[-1]), flat, 0).reshape(v.shape[:2] + (-1,)) * v  # noqa: E731
         return take(self.obs) if with_obs else None, take(self.act), take(self.delta), valid.astype(np.float32)
 
+    def sample_prioritized(self, n, rng, beta):
+        """SIL's sample (Oh et al. 2018, Sec. 3): P(i) ~ p_i^alpha over all tasks' transitions, with importance
+        weights (N P(i))^-beta / max_j (N P(j))^-beta = (p_i^alpha / min_j p_j^alpha)^-beta. Returns (tasks, idx, w)."""
+        leaf = self.tree.draw(rng.random(n) * self.tree.sum[1])
+        tasks, idx = leaf // self.capacity, leaf % self.capacity
+        return tasks, idx, (self.priority[tasks, idx] / self.tree.min[1]) ** -beta
+
+    def update_priorities(self, tasks, idx, adv):
+        """p = (R - V)_+ as last computed, floored at 1e-6 as in Oh et al.'s code so every transition stays drawable."""
+        p = np.maximum(adv, 1e-6)
+        self.max_priority[0] = max(self.max_priority[0], float(p.max()))
+        self.set_priority(tasks, idx, p**self.sil_alpha)
+
+    def set_priority(self, tasks, idx, value):
+        self.priority[tasks, idx] = value
+        self.tree.set(tasks * self.capacity + idx, value)
+
     def state_dict(self):  # only the filled part: a checkpoint early in training stays small
         n = int(self.size.max())
         return {k: (v if v.ndim == 1 else v[:, :n]) for k, v in vars(self).items() if isinstance(v, np.ndarray)}
@@ -331,10 +358,41 @@ class TaskReplayBuffer:
     def load_state_dict(self, state):
         for k, v in state.items():
             getattr(self, k)[(slice(None),) * v.ndim if v.ndim == 1 else (slice(None), slice(0, v.shape[1]))] = v
+        if self.tree is not None:  # the tree is a function of the priorities: rebuilt, not stored
+            filled = np.flatnonzero(self.priority.ravel())
+            self.tree.set(filled, self.priority.ravel()[filled])
+
+
+class SumTree:
+    """Sums and minima over n leaves in a binary tree (Schaul et al. 2016): proportional draws and updates of a
+    batch of leaves in O(log n) vectorized steps. Empty leaves are 0 in the sums and +inf in the minima."""
+
+    def __init__(self, n):
+        self.size = 1 << max(n - 1, 1).bit_length()
+        self.sum, self.min = np.zeros(2 * self.size), np.full(2 * self.size, np.inf)
+
+    def set(self, leaves, value):
+        i = np.asarray(leaves) + self.size
+        self.sum[i], self.min[i] = value, value
+        i = np.unique(i // 2)
+        while i[0] >= 1:  # every node on the paths to the root, one level at a time
+            self.sum[i] = self.sum[2 * i] + self.sum[2 * i + 1]
+            self.min[i] = np.minimum(self.min[2 * i], self.min[2 * i + 1])
+            i = np.unique(i // 2)
+
+    def draw(self, u):
+        """The leaf where each u in [0, total) falls in the cumulative sums (never an empty leaf)."""
+        i = np.ones(len(u), np.int64)
+        while i[0] < self.size:
+            left = self.sum[2 * i]
+            right = (u >= left) & (self.sum[2 * i + 1] > 0)
+            u, i = np.where(right, u - left, u), 2 * i + right
+        return i - self.size
 
 
 def discounted_returns(rew, gamma):
-    """R_t = sum_k gamma^k r_{t+k} to the episode's end: what SIL imitates (Oh et al. 2018, Sec. 3)."""
+    """R_t = sum_k gamma^k r_{t+k} to the episode's end: what SIL imitates (Oh et al. 2018, Sec. 3; no bootstrap at
+    the time limit, as theirs)."""
     ret, run = np.zeros_like(rew), 0.0
     for t in range(len(rew) - 1, -1, -1):
         run = rew[t] + gamma * run
@@ -451,18 +509,54 @@ def sample_rl_batch(model, buf, rng, args, device, use_context=True):
     tasks = rng.integers(buf.n_tasks, size=args.batch_size)
     idx = buf.sample_index(tasks, rng)
     z, act, delta = contexts(model, buf, tasks, idx, args, device, n_windows=2, use_context=use_context)
-    s, rew, done, ret = to_t(device, *(x[tasks, idx] for x in (buf.obs, buf.rew, buf.done, buf.ret)))
-    return s, act[:, -1], rew, s + delta[:, -1], done, ret, z[0], z[1]
+    s, rew, done = to_t(device, *(x[tasks, idx] for x in (buf.obs, buf.rew, buf.done)))
+    return s, act[:, -1], rew, s + delta[:, -1], done, z[0], z[1]
 
 
-def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
-    """TD3 (Fujimoto et al. 2018) on context-conditioned nets, plus SIL (Oh et al. 2018) in TD3 form:
-    critics: 1/2 (R - Q_k(s, a, z))_+^2 for k = 1, 2 (lower-bound Q learning, Tang 2020; the actor follows Q);
-    actor, only with --sil-policy-coef > 0: w (a - pi(s, z))^2 / (2 sigma^2) with w = clip(R - V(s, z), 0, c),
-    V = min_k Q_k(s, pi(s, z), z): SIL's -log pi(a|s) (R - V)_+ for the Gaussian policy N(pi(s, z), sigma^2)."""
+def sample_sil_batch(model, buf, rng, args, device, use_context=True):
+    """SIL's minibatch (Oh et al. 2018, Sec. 3): prioritized by (R - V)_+ over all tasks' transitions. Returns
+    (tasks, idx) for the priority update and (s, a, R, z, importance weights) for the losses."""
+    tasks, idx, w = buf.sample_prioritized(args.sil_batch_size, rng, args.sil_beta)
+    z, act, _ = contexts(model, buf, tasks, idx, args, device, n_windows=1, use_context=use_context)
+    s, ret, w = to_t(device, buf.obs[tasks, idx], buf.ret[tasks, idx], w.astype(np.float32))
+    return (tasks, idx), (s, act[:, -1], ret, z[0], w)
+
+
+SIL_MIN_SAMPLES = 64  # Oh et al.'s code averages the SIL losses over max(#(R > V), 64) samples
+
+
+def sil_advantage(batch, actor, qf1, qf2, clip):
+    """Oh et al.'s (R - V(s))_+ for the deterministic actor: V(s, z) = min_k Q_k(s, pi(s, z), z), the critics'
+    value of the current policy (TD3's own value estimate), without gradient; clipped at `clip` as in their code.
+    Positive exactly where the return beat what the critics expect of pi: the samples SIL imitates."""
+    s, _, ret, z, _ = batch
+    with torch.no_grad():
+        pi = actor(s, z)
+        return (ret - torch.min(qf1(s, pi, z), qf2(s, pi, z))).clamp(0.0, clip)
+
+
+def sil_value_loss(batch, qf1, qf2, n):
+    """Oh et al.'s Eq. 3, L_value = 1/2 (R - V)_+^2, on each critic's Q(s, a, z): the return is a lower bound of Q
+    (their Sec. 4, lower-bound Q-learning); importance-weighted, summed and divided by n."""
+    s, a, ret, z, w = batch
+    return sum((w * 0.5 * F.relu(ret - q(s, a, z)) ** 2).sum() for q in (qf1, qf2)) / n
+
+
+def sil_policy_loss(batch, adv, actor, sigma, n):
+    """Oh et al.'s Eq. 2, L_policy = -log pi(a|s) (R - V)_+, with pi(.|s) the Gaussian N(pi(s, z), sigma^2 I) that
+    collected the data (sigma = the exploration noise): -log pi(a|s) = |a - pi(s, z)|^2 / (2 sigma^2) + const.
+    Zero weight, hence no gradient, where R <= V."""
+    s, a, _, z, w = batch
+    return (w * adv * ((a - actor(s, z)) ** 2).sum(-1)).sum() / (2 * sigma**2 * n)
+
+
+def td3_update(step, batch, sil_batch, nets, targets, q_opt, pi_opt, args):
+    """TD3 (Fujimoto et al. 2018) on context-conditioned nets, plus SIL (MCAT §5.2; Oh et al. 2018, Eq. 1-3) on its
+    own prioritized minibatch: critics += w_sil beta^sil L_value every step, actor += w_sil L_policy on TD3's
+    delayed actor steps. Returns the logged losses and SIL's advantages, the new priorities of `sil_batch`."""
     actor, qf1, qf2 = nets
     actor_t, qf1_t, qf2_t = targets
-    obs, act, rew, next_obs, done, ret, z, z_next = batch
+    obs, act, rew, next_obs, done, z, z_next = batch
     with torch.no_grad():
         noise = (torch.randn_like(act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
         next_act = (actor_t(next_obs, z_next) + noise).clamp(-1.0, 1.0)
@@ -470,24 +564,22 @@ def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
                                                              qf2_t(next_obs, next_act, z_next))
     q1, q2 = qf1(obs, act, z), qf2(obs, act, z)
     q_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-    info = {"losses/qf_loss": q_loss.item(), "losses/qf1_values": q1.mean().item()}
-    if not args.no_sil:
-        sil_v = 0.5 * (F.relu(ret - q1) ** 2 + F.relu(ret - q2) ** 2).mean()
-        q_loss = q_loss + args.sil_value_coef * sil_v
-        info["losses/sil_value"] = sil_v.item()
+    info, adv = {"losses/qf_loss": q_loss.item(), "losses/qf1_values": q1.mean().item()}, None
+    if sil_batch is not None:
+        adv = sil_advantage(sil_batch, actor, qf1, qf2, args.sil_adv_clip)
+        n = max(int((adv > 0).sum()), SIL_MIN_SAMPLES)
+        sil_v = sil_value_loss(sil_batch, qf1, qf2, n)
+        q_loss = q_loss + args.sil_weight * args.sil_value_coef * sil_v
+        info.update({"losses/sil_value": sil_v.item(), "losses/sil_fraction": (adv > 0).float().mean().item()})
     q_opt.zero_grad(set_to_none=True)
     q_loss.backward()
     q_opt.step()
     if step % args.policy_frequency == 0:
-        pi = actor(obs, z)
-        q_pi = qf1(obs, pi, z)
-        pi_loss = -q_pi.mean()
-        if not args.no_sil and args.sil_policy_coef > 0:
-            with torch.no_grad():
-                w = (ret - torch.min(q_pi, qf2(obs, pi, z))).clamp(0.0, args.sil_adv_clip)
-            sil_pi = (w * ((act - pi) ** 2).sum(-1)).mean() / (2 * args.exploration_noise**2)
-            pi_loss = pi_loss + args.sil_policy_coef * sil_pi
-            info["losses/sil_policy"], info["losses/sil_fraction"] = sil_pi.item(), (w > 0).float().mean().item()
+        pi_loss = -qf1(obs, actor(obs, z), z).mean()
+        if sil_batch is not None:
+            sil_pi = sil_policy_loss(sil_batch, adv, actor, args.exploration_noise, n)
+            pi_loss = pi_loss + args.sil_weight * sil_pi
+            info["losses/sil_policy"] = sil_pi.item()
         pi_opt.zero_grad(set_to_none=True)
         pi_loss.backward()
         pi_opt.step()
@@ -495,13 +587,18 @@ def td3_update(step, batch, nets, targets, q_opt, pi_opt, args):
         with torch.no_grad():
             for net, tgt in zip(nets, targets):
                 torch._foreach_lerp_(list(tgt.parameters()), list(net.parameters()), args.tau)
-    return info
+    return info, None if adv is None else adv.cpu().numpy()
 
 
 def rl_step(step, model, buf, rng, nets, targets, q_opt, pi_opt, args, device, use_context):
-    """(d) once: TD3 + SIL on a uniform minibatch."""
-    return td3_update(step, sample_rl_batch(model, buf, rng, args, device, use_context=use_context), nets, targets,
-                      q_opt, pi_opt, args)
+    """(d) once: TD3 on a uniform minibatch plus SIL on a prioritized one, whose priorities it then refreshes."""
+    batch = sample_rl_batch(model, buf, rng, args, device, use_context=use_context)
+    if args.no_sil:
+        return td3_update(step, batch, None, nets, targets, q_opt, pi_opt, args)[0]
+    where, sil = sample_sil_batch(model, buf, rng, args, device, use_context=use_context)
+    info, adv = td3_update(step, batch, sil, nets, targets, q_opt, pi_opt, args)
+    buf.update_priorities(*where, adv)
+    return info
 
 
 # ------------------------------------------------------------------------------ policy transfer (§3.4)
@@ -691,14 +788,17 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
               f"must be >= --horizon ({args.horizon}): the buffer holds whole episodes")]
     rules += [(k, getattr(args, k) >= 1, "must be >= 1") for k in (
         "context_len", "future_len", "context_dim", "model_batch_size", "model_updates", "task_feature_batch",
-        "translator_batch_size", "translator_updates", "batch_size", "policy_frequency", "transfer_window",
-        "eval_every", "eval_episodes", "transfer_episodes", "transfer_model_updates", "transfer_translator_updates")]
+        "translator_batch_size", "translator_updates", "batch_size", "sil_batch_size", "policy_frequency",
+        "transfer_window",
+        "eval_every", "eval_episodes", "transfer_model_updates", "transfer_translator_updates")]
     rules += [(k, getattr(args, k) > 0, "must be > 0") for k in (
-        "model_lr", "translator_lr", "learning_rate", "contrastive_margin", "sil_adv_clip")]
+        "model_lr", "translator_lr", "learning_rate", "contrastive_margin", "sil_adv_clip", "sil_alpha")]
     rules += [(k, getattr(args, k) >= 0, "must be >= 0") for k in (
         "contrastive_weight", "policy_noise", "noise_clip", "exploration_noise", "learning_starts",
-        "updates_per_step", "sil_value_coef", "sil_policy_coef", "transfer_data_noise")]
-    rules += [("gamma", 0 < args.gamma <= 1, "must be in (0, 1]"), ("tau", 0 < args.tau <= 1, "must be in (0, 1]")]
+        "updates_per_step", "sil_weight", "sil_value_coef", "sil_beta", "transfer_episodes", "transfer_data_noise")]
+    rules += [("gamma", 0 < args.gamma <= 1, "must be in (0, 1]"), ("tau", 0 < args.tau <= 1, "must be in (0, 1]"),
+              ("exploration_noise", args.no_sil or args.exploration_noise > 0,
+               "must be > 0 with SIL: it is the sigma of SIL's Gaussian policy (or use --no-sil)")]
     n_all = n_train + n_test
     if args.mode == "transfer":
         rules += [("source_task", 0 <= args.source_task < n_all, f"must be in [0, {n_all}) for --env {args.env}"),
@@ -724,10 +824,10 @@ def help_text(env_name: str) -> str:
         text += (f"\n\npaper defaults for --env {env_name}: {table}; in --mode transfer: "
                  + " ".join(f"{k}={v}" for k, v in TRANSFER_MODE_DEFAULTS.items()) + ".")
     return text + (
-        "\n\na paper-size run (2M env steps) costs ~9 h of one uncontended core, ~21 h on a loaded 2-core CPU "
-        "(measured: 11 ms of CPU per TD3 update, 28 ms per C/F and 11.5 ms per H update; 22-34 ms per TD3 "
-        "update at load 7). Reduced command that learned to run within ~40 min "
-        "(dense reward, 2,082 ± 620 at 150k env steps): "
+        "\n\na paper-size run (2M env steps) costs ~13 h of one uncontended core, ~30 h on a loaded 2-core CPU "
+        "(measured: 18-27 ms of CPU per TD3+SIL update, 28 ms per C/F and 11.5 ms per H update, and 270 s per "
+        "5,000-step iteration at load 6; benchmarks/mcat.md). Reduced command that learned to run within ~40 min "
+        "before the SIL policy term (dense reward, 2,082 ± 620 at 150k env steps): "
         "python mcat.py --reward-delay 1 --total-timesteps 150000 --learning-starts 10000 --updates-per-step 0.5 "
         "--model-updates 250 --translator-updates 250 --eval-every 2")
 
@@ -959,7 +1059,8 @@ if __name__ == "__main__":
         n_tasks, K = len(train_tasks), args.context_len
         modules = make_agent(obs_dim, act_dim, args, device)
         model, H, actor, qf1, qf2, actor_t, qf1_t, qf2_t, model_opt, H_opt, q_opt, pi_opt = modules.values()
-        buf = TaskReplayBuffer(n_tasks, args.buffer_size, obs_dim, act_dim)
+        buf = TaskReplayBuffer(n_tasks, args.buffer_size, obs_dim, act_dim, sil_alpha=None if args.no_sil else
+                               args.sil_alpha)
         history = [deque(maxlen=args.transfer_window) for _ in range(n_tasks)]
         z_feat, iteration, env_steps, grad_steps, wall_before = None, 0, 0, 0, 0.0
         zero_z = torch.zeros(1, args.context_dim, device=device)
@@ -1080,7 +1181,7 @@ if __name__ == "__main__":
             writer.add_scalar("charts/SPS", (env_steps - start_steps) / (time.time() - start_time), env_steps)
 
         # ========================================================== --mode transfer: Table 1 on fixed data
-        if not meta:
+        if not meta and args.transfer_episodes > 0:
             t0 = time.time()
             record = table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, args.horizon, obs_dim, act_dim,
                                      progress)

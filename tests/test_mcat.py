@@ -1,7 +1,9 @@
 """Tests of mcat.py: Eq. 2 on hand-built pairs, the translator on a synthetic a -> -a task pair (Eq. 1 + Eq. 3),
-the buffer's episode masking, the delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, both
+the buffer's episode masking, SIL (Oh et al. 2018) on hand-built batches and its prioritized sample, the
+delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, both
 modes end to end, and the command line: one-line errors, checkpoints, exact resume after SIGTERM, --help."""
 
+import copy
 import json
 import os
 import signal
@@ -64,6 +66,142 @@ def test_buffer_windows_stop_at_episode_boundaries():
 
 def test_discounted_returns():
     np.testing.assert_allclose(mcat.discounted_returns(np.array([1.0, 0.0, 2.0]), 0.5), [1.5, 1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------- SIL (Oh et al. 2018)
+class FixedQ(torch.nn.Module):
+    """Q(s, a, z) = q0[s] + c * a.sum(-1): known values, and a parameter for gradients to reach."""
+
+    def __init__(self, q0, c=0.0):
+        super().__init__()
+        self.q0, self.c = torch.nn.Parameter(torch.as_tensor(q0, dtype=torch.float32)), c
+
+    def forward(self, s, a, z):
+        return self.q0[s[:, 0].long()] + self.c * a.sum(-1)
+
+
+class TableActor(torch.nn.Module):
+    """pi(s, z) = table[s]: one free action per sample, so each sample's gradient is its own row."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.as_tensor(table, dtype=torch.float32))
+
+    def forward(self, s, z):
+        return self.table[s[:, 0].long()]
+
+
+def hand_built_sil_batch():
+    # 4 samples: returns R = 5, 1, 3, 10; the critics' values of pi: Q1 = 2, 2, 4, 4 and Q2 = 3, 0, 3, 9
+    # -> V = min = 2, 0, 3, 4 -> R - V = 3, 1, 0, 6 -> clipped at 2: 2, 1, 0, 2; only sample 2 has R <= V
+    s = torch.arange(4, dtype=torch.float32)[:, None]
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]])
+    ret = torch.tensor([5.0, 1.0, 3.0, 10.0])
+    w = torch.tensor([1.0, 0.5, 1.0, 0.25])
+    return (s, a, ret, torch.zeros(4, 3), w), FixedQ([2.0, 2.0, 4.0, 4.0]), FixedQ([3.0, 0.0, 3.0, 9.0])
+
+
+def test_sil_imitates_only_where_the_return_beats_the_critic():
+    batch, qf1, qf2 = hand_built_sil_batch()
+    actor = TableActor(torch.zeros(4, 2))
+    adv = mcat.sil_advantage(batch, actor, qf1, qf2, clip=2.0)
+    np.testing.assert_allclose(adv.numpy(), [2.0, 1.0, 0.0, 2.0])
+    sigma, n = 0.1, 64  # 3 samples with R > V: Oh et al.'s minimum of 64 divides
+    loss = mcat.sil_policy_loss(batch, adv, actor, sigma, n)
+    # w * adv * |a - pi|^2 / (2 sigma^2 n) with pi = 0: |a|^2 = 1, 1, 2, 1.25
+    expected = (1.0 * 2 * 1 + 0.5 * 1 * 1 + 0 + 0.25 * 2 * 1.25) / (2 * sigma**2 * n)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    grad_rows = actor.table.grad.abs().sum(-1)
+    assert grad_rows[2] == 0 and (grad_rows[[0, 1, 3]] > 0).all()  # the R <= V sample is not imitated
+    # a descent step moves pi toward the imitated actions
+    np.testing.assert_array_less(0, -(actor.table.grad[[0, 1, 3]] * batch[1][[0, 1, 3]]).sum(-1).numpy() + 1e-12)
+
+
+def test_sil_value_term_lower_bounds_each_critic_by_the_return():
+    batch, _, _ = hand_built_sil_batch()
+    # Q(s, a) with the taken actions: q0 + 1 * a.sum = (3, 3, 6, 3.5) and (2, 1, 4, 8.5)
+    qf1, qf2 = FixedQ([2.0, 2.0, 4.0, 4.0], c=1.0), FixedQ([1.0, 0.0, 2.0, 9.0], c=1.0)
+    loss = mcat.sil_value_loss(batch, qf1, qf2, n=64)
+    # (R - Q)_+ = (2, 0, 0, 6.5) and (3, 0, 0, 1.5); weights 1, 0.5, 1, 0.25
+    expected = 0.5 * (1 * 2**2 + 0.25 * 6.5**2 + 1 * 3**2 + 0.25 * 1.5**2) / 64
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert qf1.q0.grad[1] == 0 and qf1.q0.grad[2] == 0 and (qf1.q0.grad[[0, 3]] < 0).all()  # only pushed up
+
+
+def test_td3_update_applies_the_sil_coefficients():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    args = mcat.Args(sil_weight=0.3, sil_value_coef=0.05, sil_adv_clip=100.0)
+    od, ad, zd = 3, 2, args.context_dim
+    nets = [mcat.Actor(od, ad, zd), mcat.QNetwork(od, ad, zd), mcat.QNetwork(od, ad, zd)]
+    targets = [type(n)(od, ad, zd) for n in nets]
+    targets_before = copy.deepcopy(targets)  # the actor step moves the targets (Polyak) after the critic step
+    b = 80
+    t = lambda *shape: torch.as_tensor(rng.standard_normal(shape), dtype=torch.float32)  # noqa: E731
+    batch = (t(b, od), t(b, ad).clamp(-1, 1), t(b), t(b, od), torch.zeros(b), t(b, zd), t(b, zd))
+    sil = (t(b, od), t(b, ad).clamp(-1, 1), 5 * t(b), t(b, zd), torch.rand(b))
+    # SGD at lr 0: the networks stay as they are and each update's gradients stay readable
+    q_opt = torch.optim.SGD(list(nets[1].parameters()) + list(nets[2].parameters()), lr=0.0)
+    pi_opt = torch.optim.SGD(nets[0].parameters(), lr=0.0)
+    torch.manual_seed(1)
+    info, adv = mcat.td3_update(1, batch, sil, nets, targets, q_opt, pi_opt, args)  # step 1: critics only
+    got_q = [p.grad.clone() for p in nets[1].parameters()]
+    mcat.td3_update(2, batch, sil, nets, targets, q_opt, pi_opt, args)  # step 2: the delayed actor step too
+    got_pi = [p.grad.clone() for p in nets[0].parameters()]
+    # the same losses by hand: TD3's + sil_weight * beta * L_value on the critics, + sil_weight * L_policy on pi
+    torch.manual_seed(1)
+    obs, act, rew, next_obs, done, z, z_next = batch
+    with torch.no_grad():
+        noise = (torch.randn_like(act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+        actor_t, qf1_t, qf2_t = targets_before
+        next_act = (actor_t(next_obs, z_next) + noise).clamp(-1.0, 1.0)
+        y = rew + args.gamma * torch.min(qf1_t(next_obs, next_act, z_next), qf2_t(next_obs, next_act, z_next))
+    a_hand = mcat.sil_advantage(sil, *nets, args.sil_adv_clip)
+    n = max(int((a_hand > 0).sum()), mcat.SIL_MIN_SAMPLES)
+    assert 0 < (a_hand > 0).sum() < b and np.allclose(adv, a_hand.numpy())  # the priorities returned
+    assert info["losses/sil_fraction"] == pytest.approx(float((a_hand > 0).float().mean()))
+
+    def grads(net, loss):
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    def same(got, want, without_sil):  # equal up to rounding, and the SIL part is far above the rounding
+        got = torch.cat([g.flatten() for g in got])
+        assert (got - want).abs().max() < 1e-3 * (want - without_sil).abs().max()
+
+    mse = torch.nn.functional.mse_loss
+    td = lambda: mse(nets[1](obs, act, z), y) + mse(nets[2](obs, act, z), y)  # noqa: E731
+    same(got_q, grads(nets[1], td() + 0.3 * 0.05 * mcat.sil_value_loss(sil, nets[1], nets[2], n)), grads(nets[1], td()))
+    pi_loss = lambda: -nets[1](obs, nets[0](obs, z), z).mean()  # noqa: E731
+    sil_pi = lambda: mcat.sil_policy_loss(sil, a_hand, nets[0], args.exploration_noise, n)  # noqa: E731
+    same(got_pi, grads(nets[0], pi_loss() + 0.3 * sil_pi()), grads(nets[0], pi_loss()))
+
+
+def test_prioritized_sample_follows_the_priorities_and_survives_a_checkpoint():
+    rng = np.random.default_rng(0)
+    buf = mcat.TaskReplayBuffer(2, 8, 1, 1, sil_alpha=0.5)
+    for k in range(2):
+        buf.add_episode(k, np.zeros((3, 1)), np.zeros((3, 1)), np.zeros(3), np.zeros((3, 1)), np.zeros(3), np.zeros(3))
+    np.testing.assert_allclose(buf.priority[:, :3], 1.0)  # new transitions: the largest priority so far (1)
+    buf.update_priorities(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 2, 0, 1, 2]), np.array([4.0, 0, 16, 0, 0, 0]))
+    # p^0.5 with p floored at 1e-6: 2, 1e-3, 4 on task 0, 1e-3 on task 1's three
+    tasks, idx, w = buf.sample_prioritized(20000, rng, beta=0.1)
+    freq = np.bincount(tasks * 8 + idx, minlength=16) / 20000
+    total = 2 + 4 + 4e-3
+    np.testing.assert_allclose(freq[[0, 2]], [2 / total, 4 / total], atol=0.01)
+    assert freq[[3, 4, 5, 6, 7, 11, 12, 13, 14, 15]].sum() == 0  # never an empty slot
+    np.testing.assert_allclose(w[(tasks == 0) & (idx == 2)], (4 / 1e-3) ** -0.1)  # (P / P_min)^-beta
+    assert buf.max_priority[0] == 16.0
+    buf.add_episode(1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1), np.zeros((1, 1)), np.zeros(1), np.zeros(1))
+    assert buf.priority[1, 3] == 4.0  # 16^0.5: the largest so far
+    copy = mcat.TaskReplayBuffer(2, 8, 1, 1, sil_alpha=0.5)
+    copy.load_state_dict(buf.state_dict())
+    np.testing.assert_array_equal(copy.tree.sum, buf.tree.sum)
+    np.testing.assert_array_equal(copy.tree.min, buf.tree.min)
+    assert copy.max_priority[0] == 16.0
 
 
 # ---------------------------------------------------------------------- delayed rewards (Table 4)
@@ -131,8 +269,8 @@ def test_translator_learns_negated_actions():
     assert (translated + a).abs().mean() < 0.12, (translated + a).abs().mean()
 
 
-def filled_buffer(rng, n_tasks=2, n=50, od=3, ad=2):
-    buf = mcat.TaskReplayBuffer(n_tasks, 4 * n, od, ad)
+def filled_buffer(rng, n_tasks=2, n=50, od=3, ad=2, sil_alpha=0.6):
+    buf = mcat.TaskReplayBuffer(n_tasks, 4 * n, od, ad, sil_alpha=sil_alpha)
     for k in range(n_tasks):
         buf.add_episode(k, rng.random((n, od)), rng.uniform(-1, 1, (n, ad)), rng.random(n), rng.random((n, od)),
                         np.zeros(n), 10 * rng.random(n))
@@ -145,15 +283,16 @@ def make_td3(od, ad, zd):
     return nets, [type(n)(od, ad, zd) for n in nets], q_opt, torch.optim.Adam(nets[0].parameters(), lr=3e-4)
 
 
-def test_td3_batch_contexts_carry_no_gradient_to_the_encoder():
+def test_td3_and_sil_batches_carry_no_gradient_to_the_encoder():
     rng = np.random.default_rng(0)
     buf = filled_buffer(rng)
-    args = mcat.Args(batch_size=16, sil_policy_coef=1.0)  # both SIL terms, so both reach the networks
+    args = mcat.Args(batch_size=16, sil_batch_size=16)
     model = mcat.DynamicsModel(3, 2, args.context_len, args.context_dim)
     nets, targets, q_opt, pi_opt = make_td3(3, 2, args.context_dim)
     info = mcat.rl_step(2, model, buf, rng, nets, targets, q_opt, pi_opt, args, "cpu", use_context=True)
-    assert {"losses/sil_value", "losses/sil_policy", "losses/actor_loss"} <= set(info)
+    assert {"losses/sil_value", "losses/sil_policy", "losses/actor_loss"} <= set(info)  # both SIL terms ran
     assert all(p.grad is None for p in model.parameters())  # Fig. 2d: C fixed while training Q, pi
+    assert (buf.priority[:, :50] != 1.0).sum() > 0  # the SIL sample's priorities were refreshed
 
 
 def test_same_seed_gives_identical_first_losses():
@@ -161,11 +300,11 @@ def test_same_seed_gives_identical_first_losses():
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         buf = filled_buffer(rng)
-        args = mcat.Args(batch_size=32, model_batch_size=16)
+        args = mcat.Args(batch_size=32, sil_batch_size=32, model_batch_size=16)
         model = mcat.DynamicsModel(3, 2, args.context_len, args.context_dim)
         fwd, cont = mcat.model_update(model, torch.optim.Adam(model.parameters()), buf, rng, args, "cpu")
         info = mcat.rl_step(2, model, buf, rng, *make_td3(3, 2, 10), args, "cpu", use_context=True)
-        return fwd, cont, info["losses/qf_loss"], info["losses/actor_loss"]
+        return fwd, cont, info["losses/qf_loss"], info["losses/actor_loss"], info["losses/sil_policy"]
 
     assert first_losses(0) == first_losses(0) != first_losses(1)
 
@@ -173,13 +312,13 @@ def test_same_seed_gives_identical_first_losses():
 def test_td3_with_sil_learns_a_contextual_bandit():
     """The learning check. No MCAT family learns within seconds on a CPU (cheetah at horizon 50 after 2,500
     updates moved by +-2 between evaluations), so this drives the script's own update (`rl_step`: buffer, frozen
-    contexts, TD3 + SIL) on one-step episodes whose best action is a*(s) = 0.9 (s_0, -s_1): reward
+    contexts, TD3 + prioritized SIL) on one-step episodes whose best action is a*(s) = 0.9 (s_0, -s_1): reward
     -|a - a*(s)|^2, behaviour actions uniform. The untrained actor scores about -0.55; 300 updates reach -0.01."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    args = mcat.Args(batch_size=64, learning_rate=1e-3)
+    args = mcat.Args(batch_size=64, sil_batch_size=64, learning_rate=1e-3)
     best = lambda s: 0.9 * np.stack([s[:, 0], -s[:, 1]], -1)  # noqa: E731
-    buf = mcat.TaskReplayBuffer(2, 2000, 3, 2)
+    buf = mcat.TaskReplayBuffer(2, 2000, 3, 2, sil_alpha=args.sil_alpha)
     for k in range(2):
         for _ in range(1000):
             s, a = rng.uniform(-1, 1, (1, 3)), rng.uniform(-1, 1, (1, 2))
@@ -238,7 +377,8 @@ def bad(tmp_path, kind):
     (["--reward-delay", "0"], ["--reward-delay 0"]),
     (["--batch-size", "0"], ["--batch-size 0"]),
     (["--buffer-size", "999"], ["--buffer-size 999", "--horizon (1000)"]),
-    (["--sil-adv-clip", "0"], ["--sil-adv-clip 0.0"]),
+    (["--sil-alpha", "0"], ["--sil-alpha 0.0"]),
+    (["--exploration-noise", "0"], ["--exploration-noise 0.0", "--no-sil"]),
     (["--env", "foo"], ["--env foo: unknown", "cheetah-armature"]),
     (["--env", "point-robot"], ["--env point-robot", "dynamics vary", "cheetah-mass"]),
     (["--mode", "c"], ["'c'", "--mode", "transfer"]),
@@ -303,7 +443,7 @@ def test_bad_input_from_the_shell_has_no_traceback():
 TINY = ["--env", "cheetah-armature", "--horizon", "25", "--learning-starts", "125", "--model-updates", "4",
         "--translator-updates", "4", "--updates-per-step", "0.2", "--num-train-tasks", "3", "--num-test-tasks", "2",
         "--transfer-window", "2", "--reward-delay", "10", "--model-batch-size", "32", "--task-feature-batch", "16",
-        "--batch-size", "32", "--total-timesteps", "600"]
+        "--batch-size", "32", "--sil-batch-size", "32", "--total-timesteps", "600"]
 
 
 def test_meta_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path):

@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, NoReturn, Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -79,6 +80,8 @@ class Args:
     """use only the first N train tasks of the family (default: all)"""
     num_test_tasks: Optional[int] = None
     """evaluate only on the first N test tasks of the family (default: all)"""
+    observation: Literal["authors", "full"] = "authors"
+    """what C, F, H, pi and Q read: the authors' (qpos without the torso x (ant: x, y), qvel) or the family's all"""
     # context encoder C and forward model F (§3.2, authors' Table-1 code)
     context_len: int = 10
     """K: past transitions (delta s, a) the context encoder reads"""
@@ -827,7 +830,7 @@ def help_text(env_name: str) -> str:
         "\n\na paper-size run (2M env steps) costs ~13 h of one uncontended core, ~30 h on a loaded 2-core CPU "
         "(measured: 18-27 ms of CPU per TD3+SIL update, 28 ms per C/F and 11.5 ms per H update, and 270 s per "
         "5,000-step iteration at load 6; benchmarks/mcat.md). Reduced command that learned to run within ~40 min "
-        "before the SIL policy term (dense reward, 2,082 ± 620 at 150k env steps): "
+        "before the SIL policy term and the authors' observation (dense reward, 2,082 ± 620 at 150k env steps): "
         "python mcat.py --reward-delay 1 --total-timesteps 150000 --learning-starts 10000 --updates-per-step 0.5 "
         "--model-updates 250 --translator-updates 250 --eval-every 2")
 
@@ -970,7 +973,16 @@ def load_checkpoint(resume: str) -> dict:
     return ckpt
 
 
+# The MCAT authors' envs observe qpos[1:] + qvel (cheetah), qpos[1:] + clip(qvel, -10, 10) (hopper) and qpos[2:] +
+# qvel (ant; guoyijie/MCAT envs/halfcheetah_env.py, hopper_env.py, ant_env.py, ant_cripple_env.py _get_obs). Our
+# families keep the torso x (ant: x, y) so that their rewards are functions of the observation, and the ant's
+# contact forces; these are the columns [lo, hi) of theirs that the authors' observation is.
+AUTHORS_OBSERVATION = {"cheetah-armature": (1, 18), "cheetah-mass": (1, 18), "hopper-size": (1, 12),
+                       "ant-damping": (2, 29), "ant-cripple": (2, 29)}
+
+
 def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = False) -> list:
+    """One env per task; with --observation authors each returns only the authors' columns (other families: all)."""
     out = []
     for k, task in enumerate(tasks):
         try:
@@ -979,6 +991,10 @@ def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = Fal
         except ValueError as err:  # e.g. no OpenGL library to render with
             fail(f"--capture-video: {err}" if render_first else str(err))
         e.unwrapped.set_task(task)  # the physics live in the base env, under any reward wrapper
+        lo, hi = AUTHORS_OBSERVATION.get(args.env, (0, None)) if args.observation == "authors" else (0, None)
+        if (lo, hi) != (0, None):
+            space = gym.spaces.Box(-np.inf, np.inf, (hi - lo,), np.float32)
+            e = gym.wrappers.TransformObservation(e, lambda o, lo=lo, hi=hi: o[lo:hi], space)
         out.append(e)
     return out
 
@@ -1055,7 +1071,7 @@ if __name__ == "__main__":
         rng = np.random.default_rng(args.seed)
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-        obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        obs_dim, act_dim = train_envs[0].observation_space.shape[0], probe.action_space.shape[0]
         n_tasks, K = len(train_tasks), args.context_len
         modules = make_agent(obs_dim, act_dim, args, device)
         model, H, actor, qf1, qf2, actor_t, qf1_t, qf2_t, model_opt, H_opt, q_opt, pi_opt = modules.values()

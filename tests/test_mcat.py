@@ -1,6 +1,6 @@
 """Tests of mcat.py: Eq. 2 on hand-built pairs, the translator on a synthetic a -> -a task pair (Eq. 1 + Eq. 3),
-the buffer's episode masking, SIL (Oh et al. 2018) on hand-built batches and its prioritized sample, the
-delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, both
+the buffer's episode masking, SIL (Oh et al. 2018) on hand-built batches and its prioritized sample, the authors'
+observation, the delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, both
 modes end to end, and the command line: one-line errors, checkpoints, exact resume after SIGTERM, --help."""
 
 import copy
@@ -202,6 +202,27 @@ def test_prioritized_sample_follows_the_priorities_and_survives_a_checkpoint():
     np.testing.assert_array_equal(copy.tree.sum, buf.tree.sum)
     np.testing.assert_array_equal(copy.tree.min, buf.tree.min)
     assert copy.max_priority[0] == 16.0
+
+
+# ------------------------------------------------------------------------------- the authors' observation
+@pytest.mark.parametrize("name, expected", [
+    ("cheetah-armature", lambda d: np.concatenate([d.qpos[1:], d.qvel])),
+    ("cheetah-mass", lambda d: np.concatenate([d.qpos[1:], d.qvel])),
+    ("hopper-size", lambda d: np.concatenate([d.qpos[1:], np.clip(d.qvel, -10, 10)])),
+    ("ant-damping", lambda d: np.concatenate([d.qpos[2:], d.qvel])),
+    ("ant-cripple", lambda d: np.concatenate([d.qpos[2:], d.qvel])),
+])
+def test_networks_read_the_authors_observation(name, expected):
+    args = mcat.Args(env=name, horizon=5, reward_delay=1)
+    (e,) = mcat.make_envs(args, envs.make(name).train_tasks[:1], seed=0)
+    obs, _ = e.reset(seed=0)
+    np.testing.assert_allclose(obs, expected(e.unwrapped.data), rtol=1e-6)  # qpos[1:] (ant: [2:]) + qvel
+    next_obs = e.step(np.full(e.action_space.shape, 0.5))[0]
+    np.testing.assert_allclose(next_obs, expected(e.unwrapped.data), rtol=1e-6)
+    assert e.observation_space.shape == obs.shape
+    (full,) = mcat.make_envs(mcat.Args(env=name, horizon=5, reward_delay=1, observation="full"),
+                             envs.make(name).train_tasks[:1], seed=0)
+    assert full.reset(seed=0)[0].shape == envs.make(name).observation_space.shape
 
 
 # ---------------------------------------------------------------------- delayed rewards (Table 4)

@@ -1,32 +1,38 @@
 """Generalized Hindsight: Approximate-IRL (AIR) and Advantage relabeling on a latent-conditioned SAC.
 
-Paper: Li, Pinto, Abbeel, "Generalized Hindsight for Reinforcement Learning", NeurIPS 2020
-(shared/papers/gh-generalized-hindsight-air.txt). Comments cite its numbering: Alg. 1 (relabel at insertion),
-Alg. 2 (Approximate IRL, Eq. 3 percentile, Eq. 4 advantage tie-break), Alg. 3 (Advantage relabeling, Eq. 6-7).
+Paper: A. C. Li, L. Pinto, P. Abbeel, "Generalized Hindsight for Reinforcement Learning", NeurIPS 2020,
+arXiv:2002.11708. Comments use the paper's own numbering: Alg. 1 (relabeling at insertion), Alg. 2 (Approximate
+IRL: Eq. 3 percentile, Eq. 4 advantage tie-break), Alg. 3 (Advantage relabeling, Eq. 6, with V of Eq. 7) and Eq. 5
+(reward-only relabeling, used by the Fig. 6 fidelity analysis). Settings follow the authors' code,
+alexlioralexli/generalized-hindsight (launch_gher.py, rlkit/torch/sac/sac_gher.py, rlkit/torch/multitask/rewards.py).
 
-One policy pi(a | s, z) and twin critics Q(s, a, z) serve a continuous family of reward functions r(. | z).
-Every collected trajectory is stored twice (Alg. 1 lines 6-8): once with the latent z it was collected
-under, once with a latent z' chosen in hindsight, its rewards recomputed with `env.evaluate` under z'.
-`--relabel` picks how z' is chosen:
+One policy pi(a | s, z) and twin critics Q(s, a, z) serve a continuous family of reward functions r(. | z). Every
+collected trajectory is stored twice (Alg. 1 lines 6-8): under the latent z it was collected with, and under a
+latent z' chosen in hindsight, its rewards recomputed with `env.evaluate` under z'. `--relabel` picks how z' is
+chosen:
   air        Alg. 2: among K candidates, the one under which the trajectory ranks highest against a cache of
-             recent trajectories (Eq. 3), ties broken by the advantage R(tau|z) - V(s0, z) (Eq. 4)
+             recent trajectories (Eq. 3), ties broken by the advantage R(tau | z) - V(s0, z) (Eq. 4)
   advantage  Alg. 3: the candidate of highest advantage (Eq. 6, V from the twin critics, Eq. 7)
-  random     a latent drawn from the task prior (the paper's "Random" / intentional-unintentional baseline)
+  random     a latent drawn from the task prior (the paper's "Random" baseline)
   none       no relabeled copy (plain multi-task SAC, the paper's "None")
-`--mode fidelity` loads a checkpoint and measures relabeling fidelity (paper Fig. 6) on point-reacher.
+`--mode fidelity` loads a trained point-reacher checkpoint and measures relabeling fidelity (Fig. 6).
 
-Reproduce the paper's PointReacher comparison (Fig. 3), one seed per method (the reduced 3-seed version that fits
-a 2-core CPU is in benchmarks/gh_air.md):
+Reproduce the paper's PointReacher comparison (Fig. 3), one seed per method (benchmarks/gh_air.md has the multi-seed
+runs that fit a 2-core CPU):
     for r in air advantage random none; do python gh_air.py --env point-reacher --relabel $r; done
 """
 
+import contextlib
+import io
 import json
+import math
 import os
 import random
 import signal
+import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, NoReturn, Optional, Tuple
 
 import numpy as np
 import torch
@@ -55,17 +61,17 @@ class Args:
     env: str = "point-reacher"
     """task family: point-reacher, point-trajectory, cheetah-multi-objective or ant-dir-sparse"""
     total_timesteps: Optional[int] = None
-    """environment steps to collect (per-env default below)"""
+    """environment steps to collect (None: the value for --env)"""
     resume: Optional[str] = None
-    """continue from this checkpoint.pt (networks, optimizers, buffer, cache, iteration, RNG states)"""
+    """continue from this checkpoint (a checkpoint.pt or the run directory holding it); the run's flags come back"""
     run_dir: Optional[str] = None
     """output folder (default runs/{env}__{exp_name}__{seed}__{unix_time}/, or the checkpoint's folder on resume)"""
 
     # Algorithm specific arguments
-    mode: str = "train"
+    mode: Literal["train", "fidelity"] = "train"
     """train, or fidelity: load --resume and record chosen-vs-true energy weight per relabeler (Fig. 6)"""
-    relabel: str = "air"
-    """how the hindsight latent is chosen: air | advantage | random | none"""
+    relabel: Literal["air", "advantage", "random", "none"] = "air"
+    """how the hindsight latent is chosen (Alg. 2, Alg. 3, or the baselines random and none)"""
     num_candidates: int = 100
     """K: candidate latents per relabeling, air and advantage (prior samples plus the batch's own latents)"""
     cache_size: int = 500
@@ -79,44 +85,27 @@ class Args:
     tau: float = 5e-3
     """Polyak rate of the target critics (updated every gradient step)"""
     hidden: Optional[Tuple[int, ...]] = None
-    """hidden layer sizes of policy and critics"""
+    """hidden layer sizes of policy and critics (None: the value for --env)"""
     batch_size: Optional[int] = None
-    """transitions per gradient step"""
+    """transitions per gradient step (None: the value for --env)"""
     buffer_size: Optional[int] = None
-    """replay capacity in transitions (memory O(buffer_size * (2 obs_dim + act_dim + task_dim)) floats)"""
+    """replay capacity in transitions (None: the value for --env)"""
     gamma: Optional[float] = None
-    """discount, also of the returns the relabelers compare"""
+    """discount, also of the returns the relabelers compare (None: the value for --env)"""
     episodes_per_iteration: Optional[int] = None
-    """trajectories collected (and relabeled as one batch) per iteration"""
+    """trajectories collected (and relabeled as one batch) per iteration (None: the value for --env)"""
     grad_steps: Optional[int] = None
-    """gradient steps per iteration"""
+    """gradient steps per iteration (None: the value for --env)"""
     learning_starts: int = 1000
     """environment steps collected (and relabeled) before the first gradient step"""
     eval_every: Optional[int] = None
-    """iterations between evaluations (one epoch of the authors' loop)"""
+    """iterations between evaluations (None: the value for --env)"""
     num_eval_tasks: int = 25
     """test tasks evaluated (deterministic policy, one episode each); also as many train tasks"""
     fidelity_tasks: int = 1000
     """--mode fidelity: rollouts on latents from the prior (Fig. 6 uses 1000)"""
     fidelity_cache: int = 10
     """--mode fidelity: reference trajectories AIR compares against (Fig. 6 uses N = 10)"""
-
-
-# Per-env defaults from the authors' launcher (reference-facts §3.4). Ours: total_timesteps (the launcher sets
-# epochs per run) and eval_every=10 on the MuJoCo families (they evaluate 25 episodes after every 1000-step
-# loop, 25x the training steps). point-reacher's replay buffer really is 2000 transitions in their launcher.
-ENV_DEFAULTS = {
-    "point-trajectory": dict(hidden=(400, 300), batch_size=128, buffer_size=100_000, gamma=0.90,
-                             episodes_per_iteration=5, grad_steps=100, eval_every=1, total_timesteps=150_000),
-    "point-reacher": dict(hidden=(300, 300, 300), batch_size=256, buffer_size=2000, gamma=0.97,
-                          episodes_per_iteration=1, grad_steps=100, eval_every=5, total_timesteps=100_000),
-    "cheetah-multi-objective": dict(hidden=(256, 256), batch_size=256, buffer_size=1_000_000, gamma=0.99,
-                                    episodes_per_iteration=1, grad_steps=100, eval_every=10,
-                                    total_timesteps=1_000_000),
-    "ant-dir-sparse": dict(hidden=(256, 256), batch_size=256, buffer_size=1_000_000, gamma=0.99,
-                           episodes_per_iteration=1, grad_steps=100, eval_every=10, total_timesteps=1_000_000),
-}
-RELABELERS = ("air", "advantage", "random", "none")
 
 
 # ALGO LOGIC: latent-conditioned SAC networks (the latent z is concatenated to every input)
@@ -163,9 +152,22 @@ class Actor(nn.Module):
         return torch.tanh(u), log_prob, torch.tanh(mean)
 
 
+def make_sac(obs_dim, act_dim, task_dim, hidden, lr, device):
+    """pi, Q1, Q2 and the critics' target copies, log alpha (alpha = 1 at the start), and Adam for each with the
+    one learning rate of the authors' launcher. Returns (networks, optimizers, log_alpha)."""
+    actor = Actor(obs_dim, act_dim, task_dim, hidden).to(device)
+    qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, act_dim, task_dim, hidden).to(device) for _ in range(4))
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    log_alpha = torch.zeros(1, requires_grad=True, device=device)
+    opts = dict(q=torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=lr),
+                actor=torch.optim.Adam(actor.parameters(), lr=lr), alpha=torch.optim.Adam([log_alpha], lr=lr))
+    return dict(actor=actor, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target), opts, log_alpha
+
+
 # ALGO LOGIC: storage. Transitions for SAC; whole padded trajectories for the relabelers.
 class ReplayBuffer:
-    """Preallocated ring buffer of (s, a, r, s', terminated, z); sampled uniformly over transitions."""
+    """Preallocated ring buffer of (s, a, r, s', terminal, z); sampled uniformly over transitions."""
 
     KEYS = ("obs", "act", "rew", "next_obs", "done", "task")
 
@@ -204,13 +206,17 @@ class TrajectoryCache:
     Families whose reward is linear in the task (`env.reward_features`) also keep each trajectory's discounted
     feature sum phi_i = sum_t gamma^t f_t, so that R(tau_i | v) = phi_i . v for any v at O(F) cost."""
 
-    def __init__(self, capacity, horizon, obs_dim, act_dim, n_features=None):
+    def __init__(self, capacity, env):
+        h, od, ad = env.horizon, env.observation_space.shape[0], env.action_space.shape[0]
         self.capacity, self.ptr, self.size = capacity, 0, 0
-        self.obs = np.zeros((capacity, horizon, obs_dim), np.float32)
-        self.act = np.zeros((capacity, horizon, act_dim), np.float32)
-        self.next_obs = np.zeros((capacity, horizon, obs_dim), np.float32)
-        self.mask = np.zeros((capacity, horizon), bool)
-        self.phi = None if n_features is None else np.zeros((capacity, n_features))
+        self.obs = np.zeros((capacity, h, od), np.float32)
+        self.act = np.zeros((capacity, h, ad), np.float32)
+        self.next_obs = np.zeros((capacity, h, od), np.float32)
+        self.mask = np.zeros((capacity, h), bool)
+        self.phi = None
+        if hasattr(env, "reward_features"):
+            zeros = [np.zeros((1, d), np.float32) for d in (od, ad, od)]
+            self.phi = np.zeros((capacity, env.reward_features(*zeros).shape[-1]))
 
     def add(self, traj, phi=None):
         idx = (self.ptr + np.arange(len(traj["obs"]))) % self.capacity
@@ -236,112 +242,9 @@ class TrajectoryCache:
             self.phi[: self.size] = s["phi"]
 
 
-# ALGO LOGIC: the relabelers (Alg. 2 and 3), vectorized over trajectories x candidates
-def discounted_feature_sums(env, traj, gamma):
-    """phi_i = sum_t gamma^t f(s_t, a_t, s_t+1) for the trajectories of a batch: (B, F)."""
-    f = env.reward_features(traj["obs"], traj["act"], traj["next_obs"])  # (B, H, F)
-    disc = gamma ** np.arange(f.shape[1]) * traj["mask"]
-    return (f * disc[..., None]).sum(1)
-
-
-def trajectory_returns(env, traj, phi, candidates, gamma, max_elements=1 << 22):
-    """Alg. 2 line 4: R(tau_i | v_k) = sum_t gamma^t r(s_t, a_t, v_k) for every trajectory i and candidate k.
-
-    traj: padded (N, H, .) arrays with a validity mask; candidates (K, task_dim). Returns (N, K).
-    All N x K x H rewards come from one broadcast `env.evaluate` call (in chunks of trajectories only to bound
-    memory); with reward features it is one (N, F) @ (F, K) product."""
-    if phi is not None:
-        return phi @ candidates.T
-    n, h = traj["mask"].shape
-    disc = gamma ** np.arange(h) * traj["mask"]  # (N, H); padding steps weigh 0
-    out = np.empty((n, len(candidates)))
-    chunk = max(1, max_elements // (len(candidates) * h))
-    for s in range(0, n, chunk):
-        e = slice(s, s + chunk)
-        r, _ = env.evaluate(traj["obs"][e, None], traj["act"][e, None], traj["next_obs"][e, None],
-                            candidates[None, :, None])  # (chunk, K, H)
-        out[e] = (r * disc[e, None]).sum(-1)
-    return out
-
-
-def percentile(returns, reference_returns):
-    """Eq. 3 / Alg. 2 line 5: P(tau, v_k) = 1/N sum_j 1{R(tau | v_k) >= R(tau_j | v_k)}.
-
-    returns (B, K) of the new trajectories, reference_returns (N, K) of the cache. Returns (B, K) in [0, 1]."""
-    return (returns[:, :, None] >= reference_returns.T[None]).mean(-1)
-
-
+# ALGO LOGIC: Alg. 1 lines 3-4, one episode per latent (collection and evaluation share the rollout)
 @torch.no_grad()
-def state_value(actor, qf1, qf2, obs0, candidates, device):
-    """Eq. 7: V(s_0, z) = min_i Q_i(s_0, mu(s_0, z), z), mu the deterministic (mean) action; (B, K) pairs."""
-    b, k = len(obs0), len(candidates)
-    s = torch.as_tensor(obs0, dtype=torch.float32, device=device)[:, None].expand(b, k, -1).reshape(b * k, -1)
-    z = torch.as_tensor(candidates, dtype=torch.float32, device=device)[None].expand(b, k, -1).reshape(b * k, -1)
-    a = actor.get_action(s, z)[2]
-    return torch.min(qf1(s, a, z), qf2(s, a, z)).reshape(b, k).cpu().double().numpy()
-
-
-def advantage(returns, values):
-    """Eq. 4: A(tau, z) = R(tau | z) - V(s_0, z)."""
-    return returns - values
-
-
-def air_choice(percentiles, advantages, m):
-    """Alg. 2 line 7: the m candidates of highest percentile; among equal percentiles the higher advantage
-    (Eq. 4) wins. (B, K) scores -> (B, m) candidate indices."""
-    return np.lexsort((-advantages, -percentiles), axis=-1)[:, :m]  # last key is the primary one
-
-
-def advantage_choice(advantages, m):
-    """Alg. 3 line 5 / Eq. 6: the m candidates of highest advantage. (B, K) -> (B, m) candidate indices."""
-    return np.argsort(-advantages, axis=-1, kind="stable")[:, :m]
-
-
-def sample_candidates(env, own_tasks, k, rng):
-    """Alg. 2 line 2 as the authors run it: K - B latents from the prior plus the batch's own B latents."""
-    return np.concatenate([env.sample_tasks(k - len(own_tasks), rng), own_tasks])
-
-
-def choose_relabels(mode, env, traj, cache, nets, args, rng, device):
-    """The hindsight latents for a batch of new trajectories (already in the cache): (B, m, task_dim), stats."""
-    b = len(traj["task"])
-    if mode == "random":
-        return env.sample_tasks(b * args.num_relabels, rng).reshape(b, args.num_relabels, -1), {}
-    candidates = sample_candidates(env, traj["task"], args.num_candidates, rng)
-    returns = trajectory_returns(env, traj, traj.get("phi"), candidates, args.gamma)  # (B, K)
-    adv = advantage(returns, state_value(*nets, traj["obs"][:, 0], candidates, device))
-    if mode == "advantage":
-        pick = advantage_choice(adv, args.num_relabels)
-        stats = {}
-    else:
-        ref, ref_phi = cache.get()
-        pct = percentile(returns, trajectory_returns(env, ref, ref_phi, candidates, args.gamma))
-        pick = air_choice(pct, adv, args.num_relabels)
-        stats = {"relabel/chosen_percentile": np.take_along_axis(pct, pick, 1).mean(),
-                 "relabel/tied_at_max_percentile": (pct == pct.max(1, keepdims=True)).sum(1).mean()}
-    stats["relabel/chosen_advantage"] = np.take_along_axis(adv, pick, 1).mean()
-    stats["relabel/original_advantage"] = adv[np.arange(b), len(candidates) - b + np.arange(b)].mean()
-    return candidates[pick], stats
-
-
-def insert(buffer, env, traj, relabels):
-    """Alg. 1 lines 6-8: store each trajectory under its own latent and under each hindsight latent, rewards
-    and terminations recomputed by env.evaluate. A hindsight latent equal to the original one is not stored
-    twice (as in the authors' buffer). Returns the fraction of trajectories that got a new latent."""
-    tasks = np.concatenate([traj["task"][:, None], relabels], 1)  # (B, 1 + m, d)
-    keep = np.ones(tasks.shape[:2], bool)
-    keep[:, 1:] = np.any(relabels != traj["task"][:, None], -1)
-    i, j = np.nonzero(keep)  # (trajectory, copy) pairs to store
-    r, d = env.evaluate(traj["obs"][i], traj["act"][i], traj["next_obs"][i], tasks[i, j][:, None])  # (P, H)
-    m = traj["mask"][i]
-    buffer.add(obs=traj["obs"][i][m], act=traj["act"][i][m], rew=r[m], next_obs=traj["next_obs"][i][m],
-               done=d[m], task=np.broadcast_to(tasks[i, j][:, None], m.shape + tasks.shape[-1:])[m])
-    return keep[:, 1:].any(1).mean() if relabels.shape[1] else 0.0
-
-
-# ALGO LOGIC: rollouts (collection and evaluation share them) and evaluation
-@torch.no_grad()
-def rollout(env_list, tasks, actor, device, deterministic, frames=None):
+def rollout(env_list, tasks, actor, device, *, deterministic, frames=None):
     """One episode per task on env_list[i], all in lockstep with one batched policy call per step. Returns padded
     trajectories (n, H, .) with a validity mask, the undiscounted episode returns and success flags."""
     n, h = len(tasks), env_list[0].horizon
@@ -372,15 +275,180 @@ def rollout(env_list, tasks, actor, device, deterministic, frames=None):
     return traj, ret, success
 
 
+# ALGO LOGIC: Alg. 1 line 5, Z = S(tau): the relabelers of Alg. 2 and 3, vectorized over trajectories x candidates
+def sample_candidates(env, own_tasks, k, rng):
+    """Alg. 2 line 2 as the authors run it: K - B latents from the prior plus the batch's own B latents."""
+    return np.concatenate([env.sample_tasks(k - len(own_tasks), rng), own_tasks])
+
+
+def discounted_feature_sums(env, traj, gamma):
+    """phi_i = sum_t gamma^t f(s_t, a_t, s_t+1) for the trajectories of a batch: (B, F)."""
+    f = env.reward_features(traj["obs"], traj["act"], traj["next_obs"])  # (B, H, F)
+    disc = gamma ** np.arange(f.shape[1]) * traj["mask"]
+    return (f * disc[..., None]).sum(1)
+
+
+def trajectory_returns(env, traj, phi, candidates, gamma, max_elements=1 << 22):
+    """Alg. 2 line 4: R(tau_i | v_k) = sum_t gamma^t r(s_t, a_t, v_k) for every trajectory i and candidate k.
+
+    traj: padded (N, H, .) arrays with a validity mask; candidates (K, task_dim) shared by all trajectories, or
+    (N, K, task_dim) per trajectory. Returns (N, K). All N x K x H rewards come from one broadcast `env.evaluate`
+    call (in chunks of trajectories only to bound memory); with reward features it is one (N, F) @ (F, K) product."""
+    if phi is not None:
+        return phi @ candidates.T if candidates.ndim == 2 else np.einsum("nf,nkf->nk", phi, candidates)
+    n, h = traj["mask"].shape
+    k = candidates.shape[-2]
+    disc = gamma ** np.arange(h) * traj["mask"]  # (N, H); padding steps weigh 0
+    out = np.empty((n, k))
+    chunk = max(1, max_elements // (k * h))
+    for s in range(0, n, chunk):
+        e = slice(s, s + chunk)
+        c = candidates[None, :, None] if candidates.ndim == 2 else candidates[e, :, None]
+        r, _ = env.evaluate(traj["obs"][e, None], traj["act"][e, None], traj["next_obs"][e, None], c)  # (chunk, K, H)
+        out[e] = (r * disc[e, None]).sum(-1)
+    return out
+
+
+def percentile(returns, reference_returns):
+    """Eq. 3 / Alg. 2 line 5: P(tau, v_k) = 1/N sum_j 1{R(tau | v_k) >= R(tau_j | v_k)}.
+
+    returns (B, K) of the new trajectories, reference_returns (N, K) of the cache. Returns (B, K) in [0, 1]."""
+    return (returns[:, :, None] >= reference_returns.T[None]).mean(-1)
+
+
+@torch.no_grad()
+def state_value(actor, qf1, qf2, obs0, candidates, device):
+    """Eq. 7: V(s_0, z) = min_i Q_i(s_0, mu(s_0, z), z), mu the deterministic (mean) action, for (B, K) pairs of a
+    start state and a candidate (candidates (K, task_dim) shared, or (B, K, task_dim) per start state)."""
+    b, k = len(obs0), candidates.shape[-2]
+    s = torch.as_tensor(obs0, dtype=torch.float32, device=device)[:, None].expand(b, k, -1).reshape(b * k, -1)
+    z = torch.as_tensor(candidates, dtype=torch.float32, device=device).expand(b, k, -1).reshape(b * k, -1)
+    a = actor.get_action(s, z)[2]
+    return torch.min(qf1(s, a, z), qf2(s, a, z)).reshape(b, k).cpu().double().numpy()
+
+
+def advantage(returns, values):
+    """Eq. 4: A(tau, z) = R(tau | z) - V(s_0, z)."""
+    return returns - values
+
+
+def air_choice(percentiles, advantages, m):
+    """Alg. 2 line 7: the m candidates of highest percentile; among equal percentiles the higher advantage
+    (Eq. 4) wins. (B, K) scores -> (B, m) candidate indices."""
+    return np.lexsort((-advantages, -percentiles), axis=-1)[:, :m]  # last key is the primary one
+
+
+def advantage_choice(advantages, m):
+    """Alg. 3 line 5 / Eq. 6: the m candidates of highest advantage. (B, K) -> (B, m) candidate indices."""
+    return np.argsort(-advantages, axis=-1, kind="stable")[:, :m]
+
+
+def choose_relabels(mode, env, traj, cache, nets, args, rng, device):
+    """Z = S(tau) for a batch of new trajectories (already in the cache): (B, m, task_dim) latents, stats."""
+    b = len(traj["task"])
+    if mode == "none":
+        return np.zeros((b, 0, env.task_dim)), {}
+    if mode == "random":
+        return random_relabels(env, b, args.num_relabels, rng), {}
+    candidates = sample_candidates(env, traj["task"], args.num_candidates, rng)  # one set for the batch
+    own = len(candidates) - b + np.arange(b)
+    returns = trajectory_returns(env, traj, traj.get("phi"), candidates, args.gamma)  # (B, K)
+    adv = advantage(returns, state_value(*nets, traj["obs"][:, 0], candidates, device))
+    if mode == "advantage":
+        pick = advantage_choice(adv, args.num_relabels)
+        stats = {}
+    else:
+        ref, ref_phi = cache.get()
+        pct = percentile(returns, trajectory_returns(env, ref, ref_phi, candidates, args.gamma))
+        pick = air_choice(pct, adv, args.num_relabels)
+        stats = {"relabel/chosen_percentile": np.take_along_axis(pct, pick, 1).mean(),
+                 "relabel/tied_at_max_percentile": (pct == pct.max(1, keepdims=True)).sum(1).mean()}
+    stats["relabel/chosen_advantage"] = np.take_along_axis(adv, pick, 1).mean()
+    stats["relabel/original_advantage"] = adv[np.arange(b), own].mean()
+    return (candidates[pick] if candidates.ndim == 2 else candidates[np.arange(b)[:, None], pick]), stats
+
+
+def insert(buffer, env, traj, relabels):
+    """Alg. 1 lines 6-9: store each trajectory under its own latent and under each hindsight latent, rewards
+    and terminations recomputed by env.evaluate. A hindsight latent equal to the original one is not stored
+    twice (as in the authors' buffer). Returns the fraction of trajectories that got a new latent."""
+    tasks = np.concatenate([traj["task"][:, None], relabels], 1)  # (B, 1 + m, d)
+    keep = np.ones(tasks.shape[:2], bool)
+    keep[:, 1:] = np.any(relabels != traj["task"][:, None], -1)
+    i, j = np.nonzero(keep)  # (trajectory, copy) pairs to store
+    r, d = env.evaluate(traj["obs"][i], traj["act"][i], traj["next_obs"][i], tasks[i, j][:, None])  # (P, H)
+    m = traj["mask"][i]
+    buffer.add(obs=traj["obs"][i][m], act=traj["act"][i][m], rew=r[m], next_obs=traj["next_obs"][i][m],
+               done=d[m], task=np.broadcast_to(tasks[i, j][:, None], m.shape + tasks.shape[-1:])[m])
+    return keep[:, 1:].any(1).mean() if relabels.shape[1] else 0.0
+
+
+# ---- baselines and ablations (not part of Algorithm 1) ----
+def random_relabels(env, b, m, rng):
+    """The paper's Random baseline: m latents per trajectory drawn from the task prior. (B, m, task_dim)."""
+    return env.sample_tasks(b * m, rng).reshape(b, m, -1)
+
+
+# ALGO LOGIC: Alg. 1 line 10, one step of the off-policy algorithm A (SAC with automatic entropy tuning)
+def soft_q_target(rew, done, next_obs, z, actor, qf1_target, qf2_target, alpha, gamma):
+    """y = r + gamma (1 - d) (min_i Q'_i(s', a', z) - alpha log pi(a' | s', z)), a' ~ pi(. | s', z)."""
+    with torch.no_grad():
+        next_act, next_logp, _ = actor.get_action(next_obs, z)
+        min_q_next = torch.min(qf1_target(next_obs, next_act, z), qf2_target(next_obs, next_act, z))
+        return rew + (1 - done) * gamma * (min_q_next - alpha * next_logp)
+
+
+def sac_update(batch, nets, opts, log_alpha, target_entropy, gamma, tau):
+    """One gradient step of critics, policy and temperature, then the Polyak step of the target critics.
+    nets: actor, qf1, qf2, qf1_target, qf2_target; opts: q, actor, alpha. Returns the step's losses."""
+    obs, act, rew, next_obs, done, z = batch
+    actor, qf1, qf2 = nets["actor"], nets["qf1"], nets["qf2"]
+    alpha = log_alpha.exp().detach()
+    # bootstraps through time-limit truncation; only true terminations stop it
+    target_q = soft_q_target(rew, done, next_obs, z, actor, nets["qf1_target"], nets["qf2_target"], alpha, gamma)
+    qf1_values, qf2_values = qf1(obs, act, z), qf2(obs, act, z)
+    qf_loss = F.mse_loss(qf1_values, target_q) + F.mse_loss(qf2_values, target_q)
+    opts["q"].zero_grad()
+    qf_loss.backward()
+    opts["q"].step()
+
+    new_act, logp, _ = actor.get_action(obs, z)
+    actor_loss = (alpha * logp - torch.min(qf1(obs, new_act, z), qf2(obs, new_act, z))).mean()
+    opts["actor"].zero_grad()
+    actor_loss.backward()
+    opts["actor"].step()
+    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+    opts["alpha"].zero_grad()
+    alpha_loss.backward()
+    opts["alpha"].step()
+
+    with torch.no_grad():
+        for net, target in ((qf1, nets["qf1_target"]), (qf2, nets["qf2_target"])):
+            torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), tau)
+    return {"losses/qf1_values": qf1_values.mean().item(), "losses/qf2_values": qf2_values.mean().item(),
+            "losses/qf_loss": qf_loss.item() / 2, "losses/actor_loss": actor_loss.item(),
+            "losses/alpha": alpha.item(), "losses/alpha_loss": alpha_loss.item()}
+
+
+# Evaluation: the deterministic policy on the family's fixed test tasks; the Fig. 6 fidelity analysis
 def evaluate_policy(env_list, tasks, actor, device, frames=None):
     """Deterministic policy, one episode per task (tasks in chunks of len(env_list)): mean return, success."""
     rets, succ = [], []
     for s in range(0, len(tasks), len(env_list)):
         chunk = tasks[s: s + len(env_list)]
-        _, r, ok = rollout(env_list, chunk, actor, device, True, frames if s == 0 else None)
+        _, r, ok = rollout(env_list, chunk, actor, device, deterministic=True, frames=frames if s == 0 else None)
         rets.append(r)
         succ.append(ok)
     return float(np.concatenate(rets).mean()), float(np.concatenate(succ).mean())
+
+
+def evaluation(env, env_list, actor, args, device, frames=None):
+    """The deterministic policy, one episode on each of the first num_eval_tasks test tasks and as many train
+    tasks (frames: of the first test episode)."""
+    ret, success = evaluate_policy(env_list, env.test_tasks[: args.num_eval_tasks], actor, device, frames)
+    train_ret, _ = evaluate_policy(env_list, env.train_tasks[: args.num_eval_tasks], actor, device)
+    return {"eval/return": ret, "eval/return_train_tasks": train_ret, **({"eval/success_rate": success}
+                                                                         if env.has_success else {})}
 
 
 def fidelity(env, actor, qf1, qf2, args, rng, device, env_list):
@@ -388,7 +456,7 @@ def fidelity(env, actor, qf1, qf2, args, rng, device, env_list):
     the N = fidelity_cache previous trajectories), Advantage and reward-only relabeling (Eq. 5) choose among K
     fresh prior samples; record the energy weight of z and of each choice."""
     tasks = env.sample_tasks(args.fidelity_tasks, rng)
-    parts = [rollout(env_list, tasks[s: s + len(env_list)], actor, device, True)[0]
+    parts = [rollout(env_list, tasks[s: s + len(env_list)], actor, device, deterministic=True)[0]
              for s in range(0, len(tasks), len(env_list))]
     traj = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     chosen = {k: [] for k in ("air", "advantage", "reward")}
@@ -411,243 +479,450 @@ def energy_weight(task):
     return np.sin(2 * np.pi * task[..., 0]) * np.sin(np.arccos(2 * task[..., 1] - 1))
 
 
-def resolve_args(args):
-    """Fill per-env defaults, validate; every problem is a one-line SystemExit."""
+# ---------------------------------------------------------------------------------------------------------------
+# Plumbing: per-env defaults, argument checks, --help, progress, checkpoints, signals
+# The authors' launcher values (launch_gher.py) per family. Ours: total_timesteps (the launcher sets epochs per
+# run) and eval_every=10 on the MuJoCo families (they evaluate 25 episodes after every 1000-step loop, 25x the
+# training steps). point-reacher's replay buffer really is 2000 transitions in their launcher.
+DEFAULTS = dict(batch_size=256, grad_steps=100)
+PAPER_DEFAULTS = {
+    "point-reacher": dict(hidden=(300, 300, 300), buffer_size=2000, gamma=0.97, episodes_per_iteration=1,
+                          eval_every=5, total_timesteps=100_000),
+    "point-trajectory": dict(hidden=(400, 300), batch_size=128, buffer_size=100_000, gamma=0.90,
+                             episodes_per_iteration=5, eval_every=1, total_timesteps=150_000),
+    "cheetah-multi-objective": dict(hidden=(256, 256), buffer_size=1_000_000, gamma=0.99, episodes_per_iteration=1,
+                                    eval_every=10, total_timesteps=1_000_000),
+    "ant-dir-sparse": dict(hidden=(256, 256), buffer_size=1_000_000, gamma=0.99, episodes_per_iteration=1,
+                           eval_every=10, total_timesteps=1_000_000),
+}
+# What a paper-size run costs on one thread of the 2-core CPU (process CPU time under load 7-10, by parts: gradient
+# step, relabeling, collection and evaluation, times their counts; point-reacher also end to end at 3x128-192).
+RUN_COST = {
+    "point-reacher": "~5 h on a 2-core CPU (measured: 174-183 CPU s per 1k env steps at 3x300; at 3x160 68 s, "
+                     "1.9 h)",
+    "point-trajectory": "~1 h on a 2-core CPU (measured by parts: 17 ms per gradient step at 400x300, batch "
+                        "128)",
+    "cheetah-multi-objective": "~1 h on a 2-core CPU (measured by parts: 17.5 ms per gradient step, 4.5 s per "
+                               "evaluation)",
+    "ant-dir-sparse": "~1 h on a 2-core CPU plus AIR's O(KNT) relabeling against a full cache (measured by "
+                      "parts)",
+}
+REDUCED = {}  # reduced runs that show learning within minutes
+# Flags that say how long or where a resumed run goes on: the typed value wins over the checkpoint's.
+RUN_CONTROL = ("total_timesteps", "cuda", "capture_video", "run_dir", "save_model")
+# Flags that say what to do with a checkpoint rather than describe the run in it.
+CHECKPOINT_USE = ("resume", "mode", "fidelity_tasks", "fidelity_cache")
+
+
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr and exit code 2, as tyro does for a malformed flag."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def check_args(args: Args, env) -> None:
+    """Every numeric and choice argument in the range the algorithm needs, before anything runs."""
+    if not 0 <= args.seed < 2**31:
+        fail(f"--seed {args.seed}: must be in [0, 2**31)")
+    for k in ("learning_rate",):
+        if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0):
+            fail(f"{flag(k)} {getattr(args, k)}: must be > 0")
+    for k in ("tau", "gamma"):
+        if not 0 < getattr(args, k) <= 1:
+            fail(f"{flag(k)} {getattr(args, k)}: must be in (0, 1]")
+    for k in ("total_timesteps", "num_candidates", "cache_size", "num_relabels", "batch_size", "buffer_size",
+              "episodes_per_iteration", "eval_every", "num_eval_tasks", "fidelity_tasks", "fidelity_cache"):
+        if getattr(args, k) < 1:
+            fail(f"{flag(k)} {getattr(args, k)}: must be >= 1")
+    for k in ("grad_steps", "learning_starts"):
+        if getattr(args, k) < 0:
+            fail(f"{flag(k)} {getattr(args, k)}: must be >= 0")
+    if not args.hidden or min(args.hidden) < 1:
+        fail(f"--hidden {show(args.hidden)}: needs one or more layer sizes, each >= 1")
+    if args.num_eval_tasks > len(env.test_tasks):
+        fail(f"--num-eval-tasks {args.num_eval_tasks}: must be in [1, {len(env.test_tasks)}] "
+             f"({args.env} has {len(env.test_tasks)} test tasks)")
+    if args.relabel in ("air", "advantage") and args.num_candidates <= args.episodes_per_iteration:
+        fail(f"--num-candidates {args.num_candidates}: must exceed --episodes-per-iteration "
+             f"({args.episodes_per_iteration}), since the batch's own latents are among the candidates")
+    if args.relabel in ("air", "advantage") and args.num_relabels > args.num_candidates:
+        fail(f"--num-relabels {args.num_relabels}: must be <= --num-candidates ({args.num_candidates})")
+    if args.mode == "fidelity":
+        if args.resume is None or args.env != "point-reacher":
+            fail("--mode fidelity: needs --env point-reacher and --resume PATH of a trained checkpoint")
+        if args.fidelity_tasks <= args.fidelity_cache:
+            fail(f"--fidelity-tasks {args.fidelity_tasks}: must exceed --fidelity-cache ({args.fidelity_cache})")
+
+
+def parse_args(argv: list[str], description: str) -> Args:
+    """tyro.cli, with tyro's boxed parse errors condensed to one `error: ...` line (exit code 2 kept)."""
+    captured = io.StringIO()
     try:
-        env = envs.make(args.env, seed=args.seed)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    if args.env not in ENV_DEFAULTS or env.varies != "reward":
-        raise SystemExit(f"error: gh_air.py relabels reward families only: {', '.join(ENV_DEFAULTS)}; "
-                         f"got '{args.env}'")
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, args=argv, description=description)
+    except SystemExit as e:
+        text = captured.getvalue()
+        if e.code == 2 and text:
+            lines = [line.strip("│╭╮╰╯─ ") for line in text.splitlines()[1:]]
+            body = []
+            for line in lines:  # the box's first paragraph is the message; a rule ends it
+                if not line:
+                    if body:
+                        break
+                    continue
+                body.append(line)
+            fail(" ".join(body))
+        sys.stderr.write(text)
+        raise
+
+
+def help_text(env_name: str) -> str:
+    """--help's description: the file's summary, the resolved paper defaults for --env, the cost of a run."""
+    values = lambda e: " ".join(f"{flag(k)[2:]}={show(v)}" for k, v in {**DEFAULTS, **PAPER_DEFAULTS[e]}.items())
+    head = __doc__.split("\n\n")[0]
+    if env_name not in PAPER_DEFAULTS:
+        return "\n\n".join([head, "paper defaults per --env (flags left at None take these):"]
+                            + [f"{e}: {values(e)}" for e in PAPER_DEFAULTS])
+    parts = [head, f"paper defaults for --env {env_name}: {values(env_name)}"]
+    parts.append(f"a paper-size run costs {RUN_COST[env_name]}")
+    if env_name in REDUCED:
+        parts.append(f"learning shows within minutes with: {REDUCED[env_name]}")
+    return "\n\n".join(parts)
+
+
+def typed_flags(argv: list[str]) -> list[str]:
+    """Args fields named on the command line (`--flag`, `--flag=v`, `--no-flag`), in the order typed."""
+    names = {f.name for f in fields(Args)}
+    out = []
+    for tok in argv:
+        if not tok.startswith("--"):
+            continue
+        name = tok[2:].split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_") and name[3:] in names:
+            name = name[3:]
+        if name in names and name not in out:
+            out.append(name)
+    return out
+
+
+def resumed_args(args: Args, ckpt: dict, path: str, typed: list[str]) -> Args:
+    """The checkpoint's run flags, except what the command line may change (RUN_CONTROL, CHECKPOINT_USE)."""
+    stored, given = dict(ckpt["args"]), asdict(args)
+    for k in typed:
+        if k in CHECKPOINT_USE:
+            stored[k] = given[k]
+        elif show(given[k]) == show(stored[k]):
+            continue
+        elif k == "env":
+            fail(f"--resume {path}: written for --env {stored['env']}, not --env {given['env']}")
+        elif k in RUN_CONTROL:
+            print(f"warning: {flag(k)} {show(given[k])} (the checkpoint's run had {show(stored[k])}): "
+                  f"using {show(given[k])}", file=sys.stderr)
+            stored[k] = given[k]
+        else:
+            print(f"warning: {flag(k)} {show(given[k])} differs from the checkpoint's {show(stored[k])}: "
+                  f"using the checkpoint's {show(stored[k])}", file=sys.stderr)
+    if "run_dir" not in typed:
+        stored["run_dir"] = os.path.dirname(os.path.abspath(path))  # the run continues beside its checkpoint
+    stored["resume"] = args.resume
+    stored["hidden"] = tuple(stored["hidden"])
+    return Args(**stored)
+
+
+def parse_command_line(argv: list[str]):
+    """argv -> (resolved Args, the family env, the rollout envs, checkpoint or None). Every bad input is one
+    `error:` line with exit code 2, before a run directory exists."""
+    env_name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--env"),
+                    next((a.split("=", 1)[1] for a in argv if a.startswith("--env=")), Args.env))
+    args = parse_args(argv, help_text(env_name))
     ckpt = None
     if args.resume is not None:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f"error: --resume: no such checkpoint file '{args.resume}'")
-        try:  # our own file (numpy arrays, RNG states), hence weights_only=False
-            ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise SystemExit(f"error: cannot read checkpoint '{args.resume}' ({type(e).__name__})")
-        if ckpt["env"] != args.env:
-            raise SystemExit(f"error: the checkpoint was trained on {ckpt['env']}, not {args.env}")
-    for k, v in ENV_DEFAULTS[args.env].items():
-        if getattr(args, k) is None:  # not given: the checkpoint's value on resume, else the paper's for --env
-            v = ckpt["args"][k] if ckpt and "args" in ckpt else v
-            setattr(args, k, tuple(v) if k == "hidden" else v)
-    if args.relabel not in RELABELERS:
-        raise SystemExit(f"error: --relabel must be one of {', '.join(RELABELERS)}, got '{args.relabel}'")
-    if args.mode not in ("train", "fidelity"):
-        raise SystemExit(f"error: --mode must be train or fidelity, got '{args.mode}'")
-    positive = ("num_candidates", "cache_size", "num_relabels", "batch_size", "buffer_size", "total_timesteps",
-                "episodes_per_iteration", "eval_every", "num_eval_tasks", "fidelity_tasks", "fidelity_cache")
-    for k in positive:
-        if getattr(args, k) < 1:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    if args.grad_steps < 0 or args.learning_starts < 0 or not 0 < args.gamma <= 1 or not args.hidden:
-        raise SystemExit("error: need --grad-steps >= 0, --learning-starts >= 0, 0 < --gamma <= 1, --hidden set")
-    if args.relabel in ("air", "advantage") and args.num_candidates <= args.episodes_per_iteration:
-        raise SystemExit(f"error: --num-candidates ({args.num_candidates}) must exceed --episodes-per-iteration "
-                         f"({args.episodes_per_iteration}): the batch's own latents are among the candidates")
-    if args.relabel != "random" and args.num_relabels > args.num_candidates:
-        raise SystemExit(f"error: --num-relabels ({args.num_relabels}) exceeds --num-candidates")
-    if args.mode == "fidelity" and (args.resume is None or args.env != "point-reacher"):
-        raise SystemExit("error: --mode fidelity needs --env point-reacher and --resume PATH of a trained checkpoint")
-    return env, ckpt
-
-
-def save_checkpoint(path, state):
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint behind
-
-
-if __name__ == "__main__":
-    args = tyro.cli(Args)
-    env, ckpt = resolve_args(args)
-    if args.run_dir is None:
-        args.run_dir = (os.path.dirname(os.path.abspath(args.resume)) if args.resume else
-                        f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    os.makedirs(args.run_dir, exist_ok=True)
-    print("resolved args:", json.dumps(asdict(args)))
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)  # task prior samples, candidates, minibatches
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
+        ckpt = load_checkpoint(args.resume)
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        args = resumed_args(args, ckpt, path, typed_flags(argv))
+    if args.env not in PAPER_DEFAULTS:
+        if args.env in envs.names():
+            fail(f"--env {args.env}: gh_air.py needs a family of reward functions r(. | z) over a latent prior; "
+                 f"it serves: {', '.join(PAPER_DEFAULTS)}")
+        fail(f"--env {args.env}: unknown; choose one of {', '.join(PAPER_DEFAULTS)}")
+    for k, v in {**DEFAULTS, **PAPER_DEFAULTS[args.env]}.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    try:  # the family; its RNG is seeded with --seed at the first reset
+        env = envs.make(args.env)
+    except ValueError as e:
+        fail(f"--env {args.env}: {e}")
+    check_args(args, env)
     n_envs = max(args.episodes_per_iteration, args.num_eval_tasks)
     env_list = [env] + [envs.make(args.env, seed=args.seed + i) for i in range(1, n_envs)]
     if args.capture_video:  # frames of the first evaluation episode come from env_list[0]
         try:
             env_list[0] = envs.make(args.env, seed=args.seed, render_mode="rgb_array")
         except ValueError as e:  # e.g. no OpenGL library to render with
-            raise SystemExit(f"error: {e}")
+            fail(f"--capture-video: {e}")
     for i, e in enumerate(env_list):
         e.reset(seed=args.seed + i)
-    obs_dim, act_dim, task_dim = env.observation_space.shape[0], env.action_space.shape[0], env.task_dim
+    return args, env, env_list, ckpt
 
-    # ALGO LOGIC: initialize agent here
-    actor = Actor(obs_dim, act_dim, task_dim, args.hidden).to(device)
-    qf1, qf2 = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
-    qf1_target, qf2_target = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.learning_rate)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
-    target_entropy = -float(act_dim)  # automatic entropy tuning with target -|A|, as the authors' SAC
-    log_alpha = torch.zeros(1, requires_grad=True, device=device)
-    a_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate)
-    buffer = ReplayBuffer(args.buffer_size, obs_dim, act_dim, task_dim)
-    n_features = None
-    if hasattr(env, "reward_features"):
-        zeros = [np.zeros((1, d), np.float32) for d in (obs_dim, act_dim, obs_dim)]
-        n_features = env.reward_features(*zeros).shape[-1]
-    cache = TrajectoryCache(args.cache_size, env.horizon, obs_dim, act_dim, n_features)
-    iteration, env_steps, grad_updates = 0, 0, 0
 
-    modules = dict(actor=actor, qf1=qf1, qf2=qf2, qf1_target=qf1_target, qf2_target=qf2_target,
-                   q_optimizer=q_optimizer, actor_optimizer=actor_optimizer, a_optimizer=a_optimizer)
+class Progress:
+    """One progress line now and then whenever `every` seconds have passed: what runs, work done / total and an
+    ETA from the rates measured so far. The time between two calls is charged to the kind of work reported."""
+
+    def __init__(self, remaining: dict[str, float], every: float = 30.0):
+        self.remaining, self.every = dict(remaining), every
+        self.measured, self.spent = dict.fromkeys(remaining, 0.0), dict.fromkeys(remaining, 0.0)
+        self.t_last = self.t_start = time.time()
+        self.t_printed = -float("inf")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
+        with work left has been measured)."""
+        left = [k for k, v in self.remaining.items() if v > 0]
+        if any(self.measured[k] == 0 for k in left):
+            return None
+        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+
+    def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
+        now = time.time()
+        self.spent[kind] += now - self.t_last
+        self.measured[kind] += amount
+        self.remaining[kind] -= amount
+        self.t_last = now
+        if force or now - self.t_printed >= self.every:
+            self.t_printed = now
+            eta = self.eta()
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
+                  flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+CHECKPOINT_FORMAT = 1
+SCRIPT = os.path.basename(__file__)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
+    previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(resume: str) -> dict:
+    """The checkpoint at `resume` (a file or a run directory holding checkpoint.pt), or a one-line error."""
+    path = os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
+    if not os.path.isfile(path):
+        fail(f"--resume {resume}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty or not a torch file
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); it may have been cut off mid-write")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        who = ckpt.get("script", "an unknown script") if isinstance(ckpt, dict) else "an unknown script"
+        fail(f"--resume {path}: written by {who}, not {SCRIPT}")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"--resume {path}: checkpoint format {ckpt.get('format')}, this {SCRIPT} reads format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def trim_log(path: str, iteration: int) -> None:
+    """Keep the rows of eval.jsonl written at or before `iteration` (atomic rewrite): rows a stopped run wrote
+    after its last checkpoint are written again, identically, by the resumed run (a row cut off mid-write, which
+    lacks its newline, is dropped)."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            keep = [line for line in f if line.endswith("\n") and json.loads(line)["iteration"] <= iteration]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+def checkpoint_state(args, position, nets, opts, log_alpha, buffer, cache, rng, env_list, device) -> dict:
+    """Everything a resumed run needs to go on exactly: position = (iteration, env steps, gradient steps, wall
+    time)."""
+    return dict(env=args.env, args=asdict(args), **dict(zip(("iteration", "env_steps", "grad_updates", "wall_time"),
+                                                             position)),
+                log_alpha=log_alpha.detach(), buffer=buffer.state_dict(), cache=cache.state_dict(),
+                rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                env_rng=[e.np_random.bit_generator.state for e in env_list],
+                optimizers={k: o.state_dict() for k, o in opts.items()}, **{k: m.state_dict() for k, m in nets.items()})
+
+
+def restore(ckpt, nets, opts, log_alpha, buffer, cache, rng, env_list, device) -> tuple:
+    """The inverse of checkpoint_state; returns the position (iteration, env steps, gradient steps, wall time)."""
+    for k, m in nets.items():
+        m.load_state_dict(ckpt[k])
+    for k, o in opts.items():
+        o.load_state_dict(ckpt["optimizers"][k])
+    buffer.load_state_dict(ckpt["buffer"])
+    cache.load_state_dict(ckpt["cache"])
+    with torch.no_grad():
+        log_alpha.copy_(ckpt["log_alpha"])
+    rng.bit_generator.state = ckpt["rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    for e, s in zip(env_list, ckpt["env_rng"]):
+        e.np_random.bit_generator.state = s
+    return ckpt["iteration"], ckpt["env_steps"], ckpt["grad_updates"], ckpt["wall_time"]
+
+
+def open_logs(args, ckpt, env_steps) -> SummaryWriter:
+    """TensorBoard and args.json in run_dir. On resume eval.jsonl is cut back to the checkpoint and TensorBoard
+    purges the events after it, so the rows a stopped run wrote after its checkpoint are not repeated."""
     if ckpt is not None:
-        try:
-            for k, m in modules.items():
-                m.load_state_dict(ckpt[k])
-            buffer.load_state_dict(ckpt["buffer"])
-            cache.load_state_dict(ckpt["cache"])
-        except (RuntimeError, ValueError) as e:  # e.g. other --hidden, or a smaller --buffer-size / --cache-size
-            raise SystemExit(f"error: the checkpoint does not fit these settings ({str(e).splitlines()[0]})")
-        with torch.no_grad():
-            log_alpha.copy_(ckpt["log_alpha"])
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        iteration, env_steps, grad_updates = ckpt["iteration"], ckpt["env_steps"], ckpt["grad_updates"]
-        print(f"resumed {args.resume} at iteration {iteration}, {env_steps} env steps")
-
-    if args.mode == "fidelity":
-        out = fidelity(env, actor, qf1, qf2, args, rng, device, env_list)
-        path = os.path.join(args.run_dir, "fidelity.json")
-        with open(path, "w") as f:
-            json.dump(out, f)
-        for k in ("air", "advantage", "reward"):
-            print(f"{k}: corr(true, chosen energy weight) = {np.corrcoef(out['true'], out[k])[0, 1]:.3f}")
-        print(f"wrote {path}")
-        raise SystemExit(0)
-
-    writer = SummaryWriter(args.run_dir)
-    writer.add_text("hyperparameters",
-                    "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        trim_log(os.path.join(args.run_dir, "eval.jsonl"), ckpt["iteration"])
+    writer = SummaryWriter(args.run_dir, purge_step=env_steps + 1 if ckpt is not None else None)
+    if ckpt is None:
+        writer.add_text("hyperparameters",
+                        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
     with open(os.path.join(args.run_dir, "args.json"), "w") as f:
         json.dump(asdict(args), f, indent=1)
-    nets = (actor, qf1, qf2)
-    start_time, start_steps, last_eval = time.time(), env_steps, float("nan")
-    # Ctrl-C (SIGINT) ends the run after the current iteration, which then evaluates and checkpoints;
-    # a second Ctrl-C stops at once.
-    stop = []
-    signal.signal(signal.SIGINT, lambda *_: (stop.append(1), signal.signal(signal.SIGINT, signal.SIG_DFL)))
+    return writer
 
-    while env_steps < args.total_timesteps and not stop:
-        iteration += 1
-        # Alg. 1 lines 3-4: latents from the prior, one episode each with the stochastic policy
-        t0 = time.time()
-        tasks = env.sample_tasks(args.episodes_per_iteration, rng)
-        traj, ep_ret, _ = rollout(env_list, tasks, actor, device, deterministic=False)
-        env_steps += int(traj["mask"].sum())
-        t_collect = time.time() - t0
 
-        # Alg. 1 lines 5-8: choose hindsight latents, store the original and the relabeled copies
-        t0 = time.time()
-        if n_features is not None:
-            traj["phi"] = discounted_feature_sums(env, traj, args.gamma)
-        cache.add(traj, traj.get("phi"))  # new trajectories join the reference set first, as in the authors' code
-        stats = {}
-        if args.relabel == "none":
-            relabels = np.zeros((len(tasks), 0, task_dim))
-        else:
-            relabels, stats = choose_relabels(args.relabel, env, traj, cache, nets, args, rng, device)
-        stats["relabel/fraction_relabeled"] = insert(buffer, env, traj, relabels)
-        t_relabel = time.time() - t0
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
-        # Alg. 1 line 10: n steps of SAC
-        t0 = time.time()
-        if env_steps >= args.learning_starts and buffer.size >= args.batch_size:
-            for _ in range(args.grad_steps):
-                obs, act, rew, next_obs, done, z = buffer.sample(args.batch_size, rng, device)
-                alpha = log_alpha.exp().detach()
-                with torch.no_grad():
-                    next_act, next_logp, _ = actor.get_action(next_obs, z)
-                    min_q_next = torch.min(qf1_target(next_obs, next_act, z), qf2_target(next_obs, next_act, z))
-                    # bootstraps through time-limit truncation; only true terminations stop it
-                    target_q = rew + (1 - done) * args.gamma * (min_q_next - alpha * next_logp)
-                qf1_values, qf2_values = qf1(obs, act, z), qf2(obs, act, z)
-                qf_loss = F.mse_loss(qf1_values, target_q) + F.mse_loss(qf2_values, target_q)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                q_optimizer.step()
 
-                new_act, logp, _ = actor.get_action(obs, z)
-                actor_loss = (alpha * logp - torch.min(qf1(obs, new_act, z), qf2(obs, new_act, z))).mean()
-                actor_optimizer.zero_grad()
-                actor_loss.backward()
-                actor_optimizer.step()
-                alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-                a_optimizer.zero_grad()
-                alpha_loss.backward()
-                a_optimizer.step()
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    writer, env_list, ckpt_path, saved_iteration, stopped = None, [], None, None, False
+    try:
+        args, env, env_list, ckpt = parse_command_line(sys.argv[1:])
+        if args.run_dir is None:
+            args.run_dir = f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        os.makedirs(args.run_dir, exist_ok=True)
+        ckpt_path = os.path.join(args.run_dir, "checkpoint.pt")
+        if os.path.exists(ckpt_path + ".tmp"):
+            os.remove(ckpt_path + ".tmp")  # left by a run killed mid-write
+        print("resolved args:", json.dumps(asdict(args)))
 
-                with torch.no_grad():
-                    for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                        torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), args.tau)
-                grad_updates += 1
-            writer.add_scalar("losses/qf1_values", qf1_values.mean().item(), env_steps)
-            writer.add_scalar("losses/qf2_values", qf2_values.mean().item(), env_steps)
-            writer.add_scalar("losses/qf_loss", qf_loss.item() / 2, env_steps)
-            writer.add_scalar("losses/actor_loss", actor_loss.item(), env_steps)
-            writer.add_scalar("losses/alpha", alpha.item(), env_steps)
-            writer.add_scalar("losses/alpha_loss", alpha_loss.item(), env_steps)
-        t_update = time.time() - t0
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        rng = np.random.default_rng(args.seed)  # task prior samples, candidates, minibatches
+        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        obs_dim, act_dim, task_dim = env.observation_space.shape[0], env.action_space.shape[0], env.task_dim
 
-        # TRY NOT TO MODIFY: logging, evaluation, checkpoint
-        writer.add_scalar("charts/episodic_return", ep_ret.mean(), env_steps)
-        for k, v in stats.items():
-            writer.add_scalar(k, v, env_steps)
-        t_eval = 0.0
-        done_training = env_steps >= args.total_timesteps or bool(stop)
-        if iteration % args.eval_every == 0 or done_training:
+        # ALGO LOGIC: initialize agent here
+        nets, opts, log_alpha = make_sac(obs_dim, act_dim, task_dim, args.hidden, args.learning_rate, device)
+        actor, qf1, qf2 = nets["actor"], nets["qf1"], nets["qf2"]
+        target_entropy = -float(act_dim)  # automatic entropy tuning with target -|A|, as the authors' SAC
+        buffer = ReplayBuffer(args.buffer_size, obs_dim, act_dim, task_dim)
+        cache = TrajectoryCache(args.cache_size, env)
+        iteration, env_steps, grad_updates, wall_offset = 0, 0, 0, 0.0
+        if ckpt is not None:
+            iteration, env_steps, grad_updates, wall_offset = restore(ckpt, nets, opts, log_alpha, buffer, cache,
+                                                                      rng, env_list, device)
+            saved_iteration = iteration
+            print(f"resumed {args.resume} at iteration {iteration}, {env_steps} env steps")
+
+        if args.mode == "fidelity":
+            out = fidelity(env, actor, qf1, qf2, args, rng, device, env_list)
+            with open(os.path.join(args.run_dir, "fidelity.json"), "w") as f:
+                json.dump(out, f)
+            for k in ("air", "advantage", "reward"):
+                print(f"{k}: corr(true, chosen energy weight) = {np.corrcoef(out['true'], out[k])[0, 1]:.3f}")
+            print(f"wrote {os.path.join(args.run_dir, 'fidelity.json')}")
+            raise SystemExit(0)
+
+        writer = open_logs(args, ckpt, env_steps)
+        t_started, start_steps, last_eval = time.time(), env_steps, float("nan")
+        start_time = t_started - wall_offset  # wall_time counts every part of a resumed run
+        its_left = max(args.total_timesteps - env_steps, 0) / (args.episodes_per_iteration * env.horizon)
+        progress = Progress({"collect": max(args.total_timesteps - env_steps, 0),
+                             "update": its_left * args.grad_steps, "eval": its_left / args.eval_every})
+        status = lambda: (f"iteration {iteration} | env steps {env_steps:,}/{args.total_timesteps:,} | "
+                          f"gradient steps {grad_updates:,} | last eval return {last_eval:.3f}")
+        progress.step("collect", 0, status(), force=True)
+
+        while env_steps < args.total_timesteps:
+            iteration += 1
+            # Alg. 1 lines 3-4: latents from the prior, one episode each with the stochastic policy
             t0 = time.time()
-            frames = [] if args.capture_video else None
-            test = env.test_tasks[: args.num_eval_tasks]
-            last_eval, success = evaluate_policy(env_list, test, actor, device, frames)
-            train_ret, _ = evaluate_policy(env_list, env.train_tasks[: args.num_eval_tasks], actor, device)
-            t_eval = time.time() - t0
-            record = {"iteration": iteration, "env_steps": env_steps, "grad_updates": grad_updates,
-                      "wall_time": time.time() - start_time, "eval/return": last_eval,
-                      "eval/return_train_tasks": train_ret, "charts/episodic_return": float(ep_ret.mean()),
-                      "time/collect": t_collect, "time/update": t_update, "time/relabel": t_relabel,
-                      "time/eval": t_eval, **{k: float(v) for k, v in stats.items()}}
-            if env.has_success:
-                record["eval/success_rate"] = success
-            for k in ("eval/return", "eval/return_train_tasks", "eval/success_rate"):
-                if k in record:
-                    writer.add_scalar(k, record[k], env_steps)
-            with open(os.path.join(args.run_dir, "eval.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if frames:
-                envs.save_video(frames, os.path.join(args.run_dir, "videos", f"eval_{iteration}.gif"))
-            if args.save_model:
-                save_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"), dict(
-                    env=args.env, args=asdict(args), iteration=iteration, env_steps=env_steps,
-                    grad_updates=grad_updates, log_alpha=log_alpha.detach(), buffer=buffer.state_dict(),
-                    cache=cache.state_dict(),
-                    rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
-                    **{k: m.state_dict() for k, m in modules.items()}))
-        for k, v in (("collect", t_collect), ("update", t_update), ("relabel", t_relabel), ("eval", t_eval)):
-            writer.add_scalar(f"time/{k}", v, env_steps)
-        sps = (env_steps - start_steps) / (time.time() - start_time)
-        writer.add_scalar("charts/SPS", sps, env_steps)
-        eta = max(args.total_timesteps - env_steps, 0) / max(sps, 1e-9)
-        print(f"it {iteration} step {env_steps}/{args.total_timesteps} SPS {sps:.0f} eval {last_eval:.2f} "
-              f"relabel {t_relabel * 1e3:.0f}ms update {t_update:.2f}s ETA {eta / 60:.1f}min", flush=True)
+            traj, ep_ret, _ = rollout(env_list, env.sample_tasks(args.episodes_per_iteration, rng), actor, device,
+                                      deterministic=False)
+            env_steps += int(traj["mask"].sum())
+            times = {"time/collect": time.time() - t0}
 
-    writer.close()
+            # Alg. 1 lines 5-9: choose hindsight latents, store the original and the relabeled copies
+            t0 = time.time()
+            if cache.phi is not None:
+                traj["phi"] = discounted_feature_sums(env, traj, args.gamma)
+            cache.add(traj, traj.get("phi"))  # new trajectories join the reference set first, as the authors do
+            relabels, stats = choose_relabels(args.relabel, env, traj, cache, (actor, qf1, qf2), args, rng, device)
+            stats["relabel/fraction_relabeled"] = insert(buffer, env, traj, relabels)
+            times["time/relabel"] = time.time() - t0
+            progress.step("collect", int(traj["mask"].sum()), status())
+
+            # Alg. 1 line 10: n steps of SAC, once learning_starts env steps are in
+            t0, losses = time.time(), {}
+            for _ in range(args.grad_steps if env_steps >= args.learning_starts and buffer.size >= args.batch_size
+                           else 0):
+                losses = sac_update(buffer.sample(args.batch_size, rng, device), nets, opts, log_alpha,
+                                    target_entropy, args.gamma, args.tau)
+                grad_updates += 1
+            times["time/update"] = time.time() - t0
+            progress.step("update", args.grad_steps if losses else 0, status())
+
+            # TRY NOT TO MODIFY: logging, evaluation, checkpoint
+            sps = (env_steps - start_steps) / (time.time() - t_started)
+            for k, v in {"charts/episodic_return": ep_ret.mean(), "charts/SPS": sps, **stats, **losses,
+                         **times}.items():
+                writer.add_scalar(k, v, env_steps)
+            if iteration % args.eval_every == 0 or env_steps >= args.total_timesteps:
+                t0, frames = time.time(), [] if args.capture_video else None
+                scores = evaluation(env, env_list, actor, args, device, frames)
+                last_eval, times["time/eval"] = scores["eval/return"], time.time() - t0
+                for k, v in {**scores, "time/eval": times["time/eval"]}.items():
+                    writer.add_scalar(k, v, env_steps)
+                row = {"iteration": iteration, "env_steps": env_steps, "grad_updates": grad_updates,
+                       "wall_time": time.time() - start_time, **scores, "charts/episodic_return": float(ep_ret.mean()),
+                       **times, **{k: float(v) for k, v in stats.items()}}
+                with open(os.path.join(args.run_dir, "eval.jsonl"), "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if frames:
+                    envs.save_video(frames, os.path.join(args.run_dir, "videos", f"eval_{iteration}.gif"))
+                if args.save_model:
+                    writer.flush()  # TensorBoard holds every event up to the checkpoint
+                    save_checkpoint(ckpt_path, checkpoint_state(
+                        args, (iteration, env_steps, grad_updates, time.time() - start_time), nets, opts, log_alpha,
+                        buffer, cache, rng, env_list, device))
+                    saved_iteration = iteration
+                progress.step("eval", 1, status())
+        progress.step("eval", 0, status(), force=True)
+        print(f"done: eval.jsonl and TensorBoard logs in {args.run_dir}"
+              + (f", checkpoint {ckpt_path}" if saved_iteration is not None else ""))
+    except KeyboardInterrupt as e:
+        name = e.args[0] if e.args and e.args[0] in ("SIGINT", "SIGTERM") else "SIGINT"
+        where = (f"the last finished checkpoint is {ckpt_path} (iteration {saved_iteration})"
+                 if saved_iteration is not None else "no checkpoint was written yet")
+        print(f"stopped by {name}; {where}", file=sys.stderr)
+        stopped = True
+        raise SystemExit(128 + signal.Signals[name].value)
+    finally:
+        if writer is not None and not stopped:  # an interrupt inside the writer's queue can deadlock its close;
+            writer.close()  # after a stop, what it has not written lies after the checkpoint and is purged on resume
+        for e in env_list:
+            e.close()

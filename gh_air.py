@@ -96,6 +96,8 @@ class Args:
     """trajectories collected (and relabeled as one batch) per iteration (None: the value for --env)"""
     grad_steps: Optional[int] = None
     """gradient steps per iteration (None: the value for --env)"""
+    time_limit_terminal: Optional[bool] = None
+    """store t = H as a terminal (no bootstrap past it), as the authors' point envs do (None: the value for --env)"""
     learning_starts: int = 1000
     """environment steps collected (and relabeled) before the first gradient step"""
     eval_every: Optional[int] = None
@@ -244,14 +246,16 @@ class TrajectoryCache:
 
 # ALGO LOGIC: Alg. 1 lines 3-4, one episode per latent (collection and evaluation share the rollout)
 @torch.no_grad()
-def rollout(env_list, tasks, actor, device, *, deterministic, frames=None):
+def rollout(env_list, tasks, actor, device, *, deterministic, time_limit_terminal=False, frames=None):
     """One episode per task on env_list[i], all in lockstep with one batched policy call per step. Returns padded
-    trajectories (n, H, .) with a validity mask, the undiscounted episode returns and success flags."""
+    trajectories (n, H, .) with a validity mask and the terminal flags to store, the undiscounted episode returns
+    and success flags. The terminal is the env's termination, and with `time_limit_terminal` also the time limit:
+    the authors' PointReacher and PointTrajectory return done = t >= H, and their observations carry t/H."""
     n, h = len(tasks), env_list[0].horizon
     od, ad = env_list[0].observation_space.shape[0], env_list[0].action_space.shape[0]
     traj = dict(obs=np.zeros((n, h, od), np.float32), act=np.zeros((n, h, ad), np.float32),
                 next_obs=np.zeros((n, h, od), np.float32), mask=np.zeros((n, h), bool),
-                task=np.asarray(tasks, np.float64))
+                terminal=np.zeros((n, h), bool), task=np.asarray(tasks, np.float64))
     ret, success = np.zeros(n), np.zeros(n, bool)
     obs = np.zeros((n, od), np.float32)
     for i, e in enumerate(env_list[:n]):
@@ -266,6 +270,7 @@ def rollout(env_list, tasks, actor, device, *, deterministic, frames=None):
             next_obs, r, term, trunc, info = env_list[i].step(act[i])
             traj["obs"][i, t], traj["act"][i, t], traj["next_obs"][i, t] = obs[i], act[i], next_obs
             traj["mask"][i, t], ret[i], obs[i] = True, ret[i] + r, next_obs
+            traj["terminal"][i, t] = term or (trunc and time_limit_terminal)
             success[i] |= bool(info.get("success", False))
             alive[i] = not (term or trunc)
             if frames is not None and i == 0:
@@ -370,16 +375,17 @@ def choose_relabels(mode, env, traj, cache, nets, args, rng, device):
 
 def insert(buffer, env, traj, relabels):
     """Alg. 1 lines 6-9: store each trajectory under its own latent and under each hindsight latent, rewards
-    and terminations recomputed by env.evaluate. A hindsight latent equal to the original one is not stored
-    twice (as in the authors' buffer). Returns the fraction of trajectories that got a new latent."""
+    recomputed by env.evaluate, the trajectory's terminals copied to every copy (as the authors' buffer does;
+    no GH family terminates differently per latent). A hindsight latent equal to the original one is not
+    stored twice. Returns the fraction of trajectories that got a new latent."""
     tasks = np.concatenate([traj["task"][:, None], relabels], 1)  # (B, 1 + m, d)
     keep = np.ones(tasks.shape[:2], bool)
     keep[:, 1:] = np.any(relabels != traj["task"][:, None], -1)
     i, j = np.nonzero(keep)  # (trajectory, copy) pairs to store
-    r, d = env.evaluate(traj["obs"][i], traj["act"][i], traj["next_obs"][i], tasks[i, j][:, None])  # (P, H)
+    r, _ = env.evaluate(traj["obs"][i], traj["act"][i], traj["next_obs"][i], tasks[i, j][:, None])  # (P, H)
     m = traj["mask"][i]
     buffer.add(obs=traj["obs"][i][m], act=traj["act"][i][m], rew=r[m], next_obs=traj["next_obs"][i][m],
-               done=d[m], task=np.broadcast_to(tasks[i, j][:, None], m.shape + tasks.shape[-1:])[m])
+               done=traj["terminal"][i][m], task=np.broadcast_to(tasks[i, j][:, None], m.shape + tasks.shape[-1:])[m])
     return keep[:, 1:].any(1).mean() if relabels.shape[1] else 0.0
 
 
@@ -404,7 +410,7 @@ def sac_update(batch, nets, opts, log_alpha, target_entropy, gamma, tau):
     obs, act, rew, next_obs, done, z = batch
     actor, qf1, qf2 = nets["actor"], nets["qf1"], nets["qf2"]
     alpha = log_alpha.exp().detach()
-    # bootstraps through time-limit truncation; only true terminations stop it
+    # (1 - d) stops the bootstrap at a stored terminal: a termination, or t = H with --time-limit-terminal
     target_q = soft_q_target(rew, done, next_obs, z, actor, nets["qf1_target"], nets["qf2_target"], alpha, gamma)
     qf1_values, qf2_values = qf1(obs, act, z), qf2(obs, act, z)
     qf_loss = F.mse_loss(qf1_values, target_q) + F.mse_loss(qf2_values, target_q)
@@ -484,12 +490,13 @@ def energy_weight(task):
 # The authors' launcher values (launch_gher.py) per family. Ours: total_timesteps (the launcher sets epochs per
 # run) and eval_every=10 on the MuJoCo families (they evaluate 25 episodes after every 1000-step loop, 25x the
 # training steps). point-reacher's replay buffer really is 2000 transitions in their launcher.
-DEFAULTS = dict(batch_size=256, grad_steps=100)
+DEFAULTS = dict(batch_size=256, grad_steps=100, time_limit_terminal=False)
 PAPER_DEFAULTS = {
     "point-reacher": dict(hidden=(300, 300, 300), buffer_size=2000, gamma=0.97, episodes_per_iteration=1,
-                          eval_every=5, total_timesteps=100_000),
+                          eval_every=5, total_timesteps=100_000, time_limit_terminal=True),
     "point-trajectory": dict(hidden=(400, 300), batch_size=128, buffer_size=100_000, gamma=0.90,
-                             episodes_per_iteration=5, eval_every=1, total_timesteps=150_000),
+                             episodes_per_iteration=5, eval_every=1, total_timesteps=150_000,
+                             time_limit_terminal=True),
     "cheetah-multi-objective": dict(hidden=(256, 256), buffer_size=1_000_000, gamma=0.99, episodes_per_iteration=1,
                                     eval_every=10, total_timesteps=1_000_000),
     "ant-dir-sparse": dict(hidden=(256, 256), buffer_size=1_000_000, gamma=0.99, episodes_per_iteration=1,
@@ -862,7 +869,7 @@ if __name__ == "__main__":
             # Alg. 1 lines 3-4: latents from the prior, one episode each with the stochastic policy
             t0 = time.time()
             traj, ep_ret, _ = rollout(env_list, env.sample_tasks(args.episodes_per_iteration, rng), actor, device,
-                                      deterministic=False)
+                                      deterministic=False, time_limit_terminal=args.time_limit_terminal)
             env_steps += int(traj["mask"].sum())
             times = {"time/collect": time.time() - t0}
 

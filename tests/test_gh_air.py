@@ -69,12 +69,13 @@ def reacher():
     return envs.make("point-reacher", seed=0)
 
 
-def collect(env, n, seed=0):
+def collect(env, n, seed=0, time_limit_terminal=False):
     torch.manual_seed(seed)
     actor = gh_air.Actor(env.observation_space.shape[0], env.action_space.shape[0], env.task_dim, (8, 8))
     env_list = [envs.make("point-reacher", seed=i) for i in range(n)]
     tasks = env.sample_tasks(n, np.random.default_rng(seed))
-    return gh_air.rollout(env_list, tasks, actor, "cpu", deterministic=False), actor
+    return gh_air.rollout(env_list, tasks, actor, "cpu", deterministic=False,
+                          time_limit_terminal=time_limit_terminal), actor
 
 
 def test_trajectory_returns_match_a_loop_over_env_evaluate(reacher):
@@ -134,8 +135,8 @@ def test_state_value_is_min_q_at_the_mean_action(reacher):
     np.testing.assert_allclose(gh_air.state_value(actor, q1, q2, obs0, per, "cpu"), [v[0], v[1, ::-1]], rtol=1e-6)
 
 
-def test_both_copies_inserted_with_rewards_of_env_evaluate(reacher):
-    (traj, ep_ret, _), _ = collect(reacher, 2)
+def test_both_copies_inserted_with_rewards_of_env_evaluate_and_the_terminal_kept(reacher):
+    (traj, ep_ret, _), _ = collect(reacher, 2, time_limit_terminal=True)
     h = reacher.horizon
     buf = gh_air.ReplayBuffer(100, reacher.observation_space.shape[0], reacher.action_space.shape[0],
                               reacher.task_dim)
@@ -146,17 +147,28 @@ def test_both_copies_inserted_with_rewards_of_env_evaluate(reacher):
     stored = [(0, traj["task"][0]), (0, relabels[0, 0]), (1, traj["task"][1])]  # (trajectory, latent) per copy
     for c, (i, z) in enumerate(stored):
         rows = slice(c * h, (c + 1) * h)
-        r, d = reacher.evaluate(traj["obs"][i], traj["act"][i], traj["next_obs"][i], z)
+        r, _ = reacher.evaluate(traj["obs"][i], traj["act"][i], traj["next_obs"][i], z)
         np.testing.assert_array_equal(buf.obs[rows], traj["obs"][i])
         np.testing.assert_array_equal(buf.act[rows], traj["act"][i])
         np.testing.assert_allclose(buf.rew[rows], r.astype(np.float32))
-        np.testing.assert_array_equal(buf.done[rows], d)
+        # the time-limit terminal at t = H is stored with the original AND the relabeled copy
+        np.testing.assert_array_equal(buf.done[rows], np.arange(h) == h - 1)
         np.testing.assert_allclose(buf.task[rows], np.broadcast_to(z, (h, len(z))).astype(np.float32))
     # the original copies carry exactly what env.step paid
     assert buf.rew[:h].sum() == pytest.approx(ep_ret[0], rel=1e-5)
     assert not np.allclose(buf.rew[h:2 * h], buf.rew[:h])  # the relabeled copy really has other rewards
 
 
+def test_time_limit_is_a_terminal_only_where_asked(reacher):
+    (with_t, _, _), _ = collect(reacher, 2, time_limit_terminal=True)
+    (without, _, _), _ = collect(reacher, 2, time_limit_terminal=False)
+    h = reacher.horizon
+    np.testing.assert_array_equal(with_t["terminal"], np.broadcast_to(np.arange(h) == h - 1, (2, h)))
+    assert not without["terminal"].any()
+    np.testing.assert_allclose(with_t["next_obs"][:, -1, -1], 1.0)  # the observation carries t/H = 1 there
+    assert gh_air.PAPER_DEFAULTS["point-reacher"]["time_limit_terminal"]
+    assert gh_air.PAPER_DEFAULTS["point-trajectory"]["time_limit_terminal"]
+    assert not gh_air.DEFAULTS["time_limit_terminal"]  # cheetah and ant: no time in the observation
 
 
 def small_sac(seed=0, od=5, ad=2, td=6):
@@ -351,7 +363,7 @@ BAD = [
     (["--learning-starts", "-1"], "--learning-starts"), (["--hidden", "16", "0"], "--hidden"),
     (["--relabel", "advantage", "--num-relabels", "101"], "--num-relabels"),
     (["--relabel", "bogus"], "--relabel"), (["--mode", "c"], "--mode"), (["--seed", "x"], "--seed"),
-    (["--no-such-flag"], "--no-such-flag"),
+    (["--time-limit-terminal", "maybe"], "--time-limit-terminal"), (["--no-such-flag"], "--no-such-flag"),
     (["--env", "no-such-env"], "--env"),
     (["--env", "point-robot"], "--env"),  # a family whose tasks are not latent reward weights GH was written for
     (["--mode", "fidelity"], "--mode"),  # needs a checkpoint
@@ -400,8 +412,8 @@ def test_help_shows_the_paper_defaults_of_the_chosen_env(capsys):
         gh_air.parse_command_line(["--env", "point-trajectory", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    assert "paper defaults for --env point-trajectory: batch-size=128 grad-steps=100 hidden=400 300 " \
-           "buffer-size=100000 gamma=0.9" in out
+    assert "paper defaults for --env point-trajectory: batch-size=128 grad-steps=100 time-limit-terminal=True " \
+           "hidden=400 300 buffer-size=100000 gamma=0.9" in out
     with pytest.raises(SystemExit):
         gh_air.parse_command_line(["--env", "no-such-env", "--help"])  # the table of every family, no error
     out = capsys.readouterr().out

@@ -110,19 +110,38 @@ class Args:
     """--mode fidelity: reference trajectories AIR compares against (Fig. 6 uses N = 10)"""
 
 
-# ALGO LOGIC: latent-conditioned SAC networks (the latent z is concatenated to every input)
-def mlp(in_dim, hidden, out_dim):
+# ALGO LOGIC: latent-conditioned SAC networks (the latent z is concatenated to every input), initialised as
+# rlkit's Mlp (alexlioralexli/generalized-hindsight rlkit/torch/networks.py, rlkit/torch/pytorch_util.py)
+def hidden_layer(in_dim, out_dim):
+    """rlkit's hidden layer: weight U(-b, b) with b = 1/sqrt(weight.shape[0]) and bias 0.1. (rlkit's fanin_init
+    reads dimension 0, which for torch's (out, in) weight is the output width; we follow the code.)"""
+    layer = nn.Linear(in_dim, out_dim)
+    bound = 1 / math.sqrt(layer.weight.shape[0])
+    nn.init.uniform_(layer.weight, -bound, bound)
+    nn.init.constant_(layer.bias, 0.1)
+    return layer
+
+
+def output_layer(in_dim, out_dim, init_w):
+    """rlkit's last layer: weight and bias U(-init_w, init_w) (3e-3 for the critics, 1e-3 for the policy)."""
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.uniform_(layer.weight, -init_w, init_w)
+    nn.init.uniform_(layer.bias, -init_w, init_w)
+    return layer
+
+
+def mlp(in_dim, hidden):
     layers = []
     for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        layers += [hidden_layer(in_dim, h), nn.ReLU()]
         in_dim = h
-    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
 
 
 class SoftQNetwork(nn.Module):
     def __init__(self, obs_dim, act_dim, task_dim, hidden):
         super().__init__()
-        self.net = mlp(obs_dim + act_dim + task_dim, hidden, 1)
+        self.net = nn.Sequential(mlp(obs_dim + act_dim + task_dim, hidden), output_layer(hidden[-1], 1, 3e-3))
 
     def forward(self, obs, act, z):
         return self.net(torch.cat([obs, act, z], -1)).squeeze(-1)
@@ -136,22 +155,22 @@ class Actor(nn.Module):
 
     def __init__(self, obs_dim, act_dim, task_dim, hidden):
         super().__init__()
-        self.body = mlp(obs_dim + task_dim, hidden[:-1], hidden[-1])
-        self.mean = nn.Linear(hidden[-1], act_dim)
-        self.log_std = nn.Linear(hidden[-1], act_dim)
+        self.body = mlp(obs_dim + task_dim, hidden)
+        self.mean = output_layer(hidden[-1], act_dim, 1e-3)
+        self.log_std = output_layer(hidden[-1], act_dim, 1e-3)
 
     def forward(self, obs, z):
-        h = F.relu(self.body(torch.cat([obs, z], -1)))
+        h = self.body(torch.cat([obs, z], -1))
         return self.mean(h), self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def get_action(self, obs, z):
         """(sampled action, its log-probability, deterministic action tanh(mean))."""
         mean, log_std = self(obs, z)
         u = mean + log_std.exp() * torch.randn_like(mean)
-        log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(u)
-        # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)): the stable form of log(1 - tanh(u)^2)
-        log_prob = (log_prob - 2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return torch.tanh(u), log_prob, torch.tanh(mean)
+        a = torch.tanh(u)
+        # change of variables through tanh with rlkit's 1e-6 (TanhNormal.log_prob, rlkit/torch/distributions.py)
+        log_prob = (torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log(1 - a * a + 1e-6)).sum(-1)
+        return a, log_prob, torch.tanh(mean)
 
 
 def make_sac(obs_dim, act_dim, task_dim, hidden, lr, device):
@@ -405,28 +424,30 @@ def soft_q_target(rew, done, next_obs, z, actor, qf1_target, qf2_target, alpha, 
 
 
 def sac_update(batch, nets, opts, log_alpha, target_entropy, gamma, tau):
-    """One gradient step of critics, policy and temperature, then the Polyak step of the target critics.
+    """One gradient step in the authors' order (sac_gher.py train_from_torch): the temperature, then the policy
+    against the critics as they were before this step, then the critics against y computed with the new
+    temperature; then the Polyak step of the target critics.
     nets: actor, qf1, qf2, qf1_target, qf2_target; opts: q, actor, alpha. Returns the step's losses."""
     obs, act, rew, next_obs, done, z = batch
     actor, qf1, qf2 = nets["actor"], nets["qf1"], nets["qf2"]
-    alpha = log_alpha.exp().detach()
-    # (1 - d) stops the bootstrap at a stored terminal: a termination, or t = H with --time-limit-terminal
-    target_q = soft_q_target(rew, done, next_obs, z, actor, nets["qf1_target"], nets["qf2_target"], alpha, gamma)
-    qf1_values, qf2_values = qf1(obs, act, z), qf2(obs, act, z)
-    qf_loss = F.mse_loss(qf1_values, target_q) + F.mse_loss(qf2_values, target_q)
-    opts["q"].zero_grad()
-    qf_loss.backward()
-    opts["q"].step()
-
     new_act, logp, _ = actor.get_action(obs, z)
-    actor_loss = (alpha * logp - torch.min(qf1(obs, new_act, z), qf2(obs, new_act, z))).mean()
-    opts["actor"].zero_grad()
-    actor_loss.backward()
-    opts["actor"].step()
-    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()  # target entropy -|A|
     opts["alpha"].zero_grad()
     alpha_loss.backward()
     opts["alpha"].step()
+    alpha = log_alpha.exp().detach()
+
+    actor_loss = (alpha * logp - torch.min(qf1(obs, new_act, z), qf2(obs, new_act, z))).mean()
+    qf1_values, qf2_values = qf1(obs, act, z), qf2(obs, act, z)
+    # (1 - d) stops the bootstrap at a stored terminal: a termination, or t = H with --time-limit-terminal
+    target_q = soft_q_target(rew, done, next_obs, z, actor, nets["qf1_target"], nets["qf2_target"], alpha, gamma)
+    qf_loss = F.mse_loss(qf1_values, target_q) + F.mse_loss(qf2_values, target_q)
+    opts["actor"].zero_grad()
+    actor_loss.backward()
+    opts["actor"].step()
+    opts["q"].zero_grad()  # drops what the policy loss left in the critics' gradients
+    qf_loss.backward()
+    opts["q"].step()
 
     with torch.no_grad():
         for net, target in ((qf1, nets["qf1_target"]), (qf2, nets["qf2_target"])):

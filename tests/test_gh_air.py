@@ -200,8 +200,42 @@ def test_bootstrap_is_masked_at_a_terminal():
     torch.testing.assert_close(y[1::2], (rew + gamma * (q_next - alpha * logp2))[1::2])
 
 
+def test_sac_step_in_the_authors_order():
+    """alpha first; the policy loss against the critics before their step, with the new alpha."""
+    nets, opts, log_alpha, batch = small_sac()
+    before = {k: copy.deepcopy(v) for k, v in nets.items()}
+    torch.manual_seed(5)
+    losses = gh_air.sac_update(batch, nets, opts, log_alpha, -2.0, 0.97, 0.005)
+    assert losses["losses/alpha"] == pytest.approx(log_alpha.exp().item()) and log_alpha.item() != 0.0
+    torch.manual_seed(5)  # replay the policy's first draw with the networks as they were
+    obs, z = batch[0], batch[5]
+    new_act, logp, _ = before["actor"].get_action(obs, z)
+    with torch.no_grad():
+        q = torch.min(before["qf1"](obs, new_act, z), before["qf2"](obs, new_act, z))
+        expected = (log_alpha.exp() * logp - q).mean().item()
+    assert losses["losses/actor_loss"] == pytest.approx(expected, rel=1e-5)
+    for k in ("actor", "qf1", "qf2"):  # every network took a step
+        assert any(not torch.equal(p, q) for p, q in zip(nets[k].parameters(), before[k].parameters())), k
 
 
+def test_networks_start_as_rlkit_initialises_them():
+    torch.manual_seed(0)
+    actor, q = gh_air.Actor(5, 2, 6, (300, 300)), gh_air.SoftQNetwork(5, 2, 6, (300, 300))
+    for net, last, w in ((q, q.net[-1], 3e-3), (actor, actor.mean, 1e-3), (actor, actor.log_std, 1e-3)):
+        assert last.weight.abs().max() <= w and last.bias.abs().max() <= w
+        hidden = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 300]
+        for m in hidden:
+            assert torch.all(m.bias == 0.1) and m.weight.abs().max() <= 1 / np.sqrt(300)
+            assert m.weight.abs().max() > 0.9 / np.sqrt(300)  # the bound is used, not the default init
+    # log-probability: tanh change of variables with rlkit's epsilon 1e-6
+    obs, z = torch.randn(4, 5), torch.rand(4, 6)
+    torch.manual_seed(1)
+    a, logp, _ = actor.get_action(obs, z)
+    torch.manual_seed(1)
+    mean, log_std = actor(obs, z)
+    u = mean + log_std.exp() * torch.randn_like(mean)
+    ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)
+    torch.testing.assert_close(logp, ref.sum(-1))
 
 
 def test_candidates_contain_the_batch_latents(reacher):

@@ -99,7 +99,7 @@ class Args:
     time_limit_terminal: Optional[bool] = None
     """store t = H as a terminal (no bootstrap past it), as the authors' point envs do (None: the value for --env)"""
     learning_starts: int = 1000
-    """environment steps collected (and relabeled) before the first gradient step"""
+    """environment steps of the warm-up (iteration 0): collected, relabeled as one batch, no gradient step"""
     eval_every: Optional[int] = None
     """iterations between evaluations (None: the value for --env)"""
     num_eval_tasks: int = 25
@@ -299,10 +299,25 @@ def rollout(env_list, tasks, actor, device, *, deterministic, time_limit_termina
     return traj, ret, success
 
 
+def warm_up(env, env_list, actor, device, args, rng):
+    """The authors' warm-up (min_num_steps_before_training, rlkit/core/batch_rl_algorithm.py): at least
+    --learning-starts steps (and one iteration's episodes) on latents from the prior, returned as ONE batch, which
+    they relabel together before the first gradient step. Returns padded trajectories and episode returns."""
+    parts, steps = [], 0
+    while steps < args.learning_starts or not parts:
+        n = max(args.episodes_per_iteration, math.ceil((args.learning_starts - steps) / env.horizon))
+        tasks = env.sample_tasks(min(n, len(env_list)), rng)
+        parts.append(rollout(env_list, tasks, actor, device, deterministic=False,
+                             time_limit_terminal=args.time_limit_terminal)[:2])
+        steps += int(parts[-1][0]["mask"].sum())
+    return {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}, np.concatenate([p[1] for p in parts])
+
+
 # ALGO LOGIC: Alg. 1 line 5, Z = S(tau): the relabelers of Alg. 2 and 3, vectorized over trajectories x candidates
 def sample_candidates(env, own_tasks, k, rng):
-    """Alg. 2 line 2 as the authors run it: K - B latents from the prior plus the batch's own B latents."""
-    return np.concatenate([env.sample_tasks(k - len(own_tasks), rng), own_tasks])
+    """Alg. 2 line 2 as the authors run it: K - B latents from the prior (none when B >= K) plus the B own latents
+    of the trajectories relabeled together."""
+    return np.concatenate([env.sample_tasks(max(k - len(own_tasks), 0), rng), own_tasks])
 
 
 def discounted_feature_sums(env, traj, gamma):
@@ -374,8 +389,13 @@ def choose_relabels(mode, env, traj, cache, nets, args, rng, device):
         return np.zeros((b, 0, env.task_dim)), {}
     if mode == "random":
         return random_relabels(env, b, args.num_relabels, rng), {}
-    candidates = sample_candidates(env, traj["task"], args.num_candidates, rng)  # one set for the batch
-    own = len(candidates) - b + np.arange(b)
+    if mode == "advantage":  # Alg. 3 as the authors' add_path: per trajectory K - 1 prior draws and its own latent
+        candidates = np.stack([sample_candidates(env, traj["task"][i: i + 1], args.num_candidates, rng)
+                               for i in range(b)])  # (B, K, d)
+        own = np.full(b, args.num_candidates - 1)
+    else:  # Alg. 2 as the authors' approx_irl_relabeling: one candidate set for the batch, its B latents last
+        candidates = sample_candidates(env, traj["task"], args.num_candidates, rng)  # (K', d)
+        own = len(candidates) - b + np.arange(b)
     returns = trajectory_returns(env, traj, traj.get("phi"), candidates, args.gamma)  # (B, K)
     adv = advantage(returns, state_value(*nets, traj["obs"][:, 0], candidates, device))
     if mode == "advantage":
@@ -535,7 +555,11 @@ RUN_COST = {
     "ant-dir-sparse": "~1 h on a 2-core CPU plus AIR's O(KNT) relabeling against a full cache (measured by "
                       "parts)",
 }
-REDUCED = {}  # reduced runs that show learning within minutes
+REDUCED = {  # reduced runs that show learning within minutes
+    "point-trajectory": "python gh_air.py --env point-trajectory --hidden 64 64 --batch-size 64 --grad-steps 20 "
+                        "--total-timesteps 1050 --learning-starts 150 --eval-every 4 --num-candidates 20 "
+                        "--cache-size 20 (eval/return 0.05 -> 4.4 with seed 1, about a minute)",
+}
 # Flags that say how long or where a resumed run goes on: the typed value wins over the checkpoint's.
 RUN_CONTROL = ("total_timesteps", "cuda", "capture_video", "run_dir", "save_model")
 # Flags that say what to do with a checkpoint rather than describe the run in it.
@@ -859,7 +883,7 @@ if __name__ == "__main__":
         target_entropy = -float(act_dim)  # automatic entropy tuning with target -|A|, as the authors' SAC
         buffer = ReplayBuffer(args.buffer_size, obs_dim, act_dim, task_dim)
         cache = TrajectoryCache(args.cache_size, env)
-        iteration, env_steps, grad_updates, wall_offset = 0, 0, 0, 0.0
+        iteration, env_steps, grad_updates, wall_offset = -1, 0, 0, 0.0  # iteration 0 is the warm-up
         if ckpt is not None:
             iteration, env_steps, grad_updates, wall_offset = restore(ckpt, nets, opts, log_alpha, buffer, cache,
                                                                       rng, env_list, device)
@@ -881,16 +905,20 @@ if __name__ == "__main__":
         its_left = max(args.total_timesteps - env_steps, 0) / (args.episodes_per_iteration * env.horizon)
         progress = Progress({"collect": max(args.total_timesteps - env_steps, 0),
                              "update": its_left * args.grad_steps, "eval": its_left / args.eval_every})
-        status = lambda: (f"iteration {iteration} | env steps {env_steps:,}/{args.total_timesteps:,} | "
+        status = lambda: (f"iteration {max(iteration, 0)} | env steps {env_steps:,}/{args.total_timesteps:,} | "
                           f"gradient steps {grad_updates:,} | last eval return {last_eval:.3f}")
         progress.step("collect", 0, status(), force=True)
 
         while env_steps < args.total_timesteps:
             iteration += 1
-            # Alg. 1 lines 3-4: latents from the prior, one episode each with the stochastic policy
+            # Alg. 1 lines 3-4: latents from the prior, one episode each with the stochastic policy; iteration 0 is
+            # the warm-up, relabeled below as one batch
             t0 = time.time()
-            traj, ep_ret, _ = rollout(env_list, env.sample_tasks(args.episodes_per_iteration, rng), actor, device,
-                                      deterministic=False, time_limit_terminal=args.time_limit_terminal)
+            if iteration == 0:
+                traj, ep_ret = warm_up(env, env_list, actor, device, args, rng)
+            else:
+                traj, ep_ret, _ = rollout(env_list, env.sample_tasks(args.episodes_per_iteration, rng), actor,
+                                          device, deterministic=False, time_limit_terminal=args.time_limit_terminal)
             env_steps += int(traj["mask"].sum())
             times = {"time/collect": time.time() - t0}
 
@@ -904,10 +932,9 @@ if __name__ == "__main__":
             times["time/relabel"] = time.time() - t0
             progress.step("collect", int(traj["mask"].sum()), status())
 
-            # Alg. 1 line 10: n steps of SAC, once learning_starts env steps are in
+            # Alg. 1 line 10: n steps of SAC (none in the warm-up)
             t0, losses = time.time(), {}
-            for _ in range(args.grad_steps if env_steps >= args.learning_starts and buffer.size >= args.batch_size
-                           else 0):
+            for _ in range(args.grad_steps if iteration > 0 and buffer.size >= args.batch_size else 0):
                 losses = sac_update(buffer.sample(args.batch_size, rng, device), nets, opts, log_alpha,
                                     target_entropy, args.gamma, args.tau)
                 grad_updates += 1

@@ -243,10 +243,35 @@ def test_candidates_contain_the_batch_latents(reacher):
     cands = gh_air.sample_candidates(reacher, own, 10, np.random.default_rng(1))
     assert cands.shape == (10, reacher.task_dim)
     np.testing.assert_array_equal(cands[-3:], own)
+    # a batch larger than K (the warm-up): no prior draws, the batch's own latents only, as the authors' code
+    np.testing.assert_array_equal(gh_air.sample_candidates(reacher, own, 2, np.random.default_rng(1)), own)
 
 
+def test_advantage_relabeling_draws_candidates_per_trajectory(reacher):
+    (traj, _, _), actor = collect(reacher, 3)
+    od, ad, td = reacher.observation_space.shape[0], reacher.action_space.shape[0], reacher.task_dim
+    nets = (actor, gh_air.SoftQNetwork(od, ad, td, (8,)), gh_air.SoftQNetwork(od, ad, td, (8,)))
+    args = gh_air.Args(num_candidates=10, gamma=0.9)
+    rng = np.random.default_rng(4)
+    z, stats = gh_air.choose_relabels("advantage", reacher, traj, None, nets, args, rng, "cpu")
+    assert z.shape == (3, 1, td)
+    # each trajectory's candidates: K - 1 prior draws then its own latent (replayed with the same generator)
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        cands = gh_air.sample_candidates(reacher, traj["task"][i: i + 1], 10, rng)
+        ret = gh_air.trajectory_returns(reacher, {k: v[i: i + 1] for k, v in traj.items()}, None, cands, 0.9)
+        adv = ret - gh_air.state_value(*nets, traj["obs"][i: i + 1, 0], cands, "cpu")
+        np.testing.assert_array_equal(z[i, 0], cands[np.argmax(adv[0])])
 
 
+def test_warm_up_is_one_batch_of_learning_starts_steps(reacher):
+    torch.manual_seed(0)
+    actor = gh_air.Actor(5, 2, 6, (8,))
+    env_list = [envs.make("point-reacher", seed=i) for i in range(3)]  # fewer envs than warm-up episodes
+    args = gh_air.Args(learning_starts=100, episodes_per_iteration=1, time_limit_terminal=True)
+    traj, ret = gh_air.warm_up(reacher, env_list, actor, "cpu", args, np.random.default_rng(0))
+    assert traj["obs"].shape[:2] == (5, 20) and traj["mask"].all() and ret.shape == (5,)
+    assert len(np.unique(traj["task"], axis=0)) == 5 and traj["terminal"][:, -1].all()
 
 
 # ---------------------------------------------------------------------------------------------- whole runs
@@ -298,9 +323,9 @@ def test_every_relabeler_trains_logs_and_resumes(relabel, trained, tmp_path):
         code, _, err = run_main([*TINY, "--relabel", relabel, "--run-dir", d])
         assert code == 0, err
     rows = read_jsonl(os.path.join(d, "eval.jsonl"))
-    assert [r["iteration"] for r in rows] == [2, 4, 6]  # updates from learning_starts (40) env steps on
-    assert rows[0]["env_steps"] == 40 and rows[0]["grad_updates"] == 3
-    assert rows[-1]["env_steps"] == 120 and rows[-1]["grad_updates"] == 5 * 3
+    assert [r["iteration"] for r in rows] == [0, 2, 4]  # iteration 0: the warm-up, evaluated before any update
+    assert rows[0]["env_steps"] == 40 and rows[0]["grad_updates"] == 0
+    assert rows[-1]["env_steps"] == 120 and rows[-1]["grad_updates"] == 4 * 3
     frac = rows[-1]["relabel/fraction_relabeled"]
     assert frac == {"none": 0.0, "random": 1.0}.get(relabel, frac) and 0 <= frac <= 1
     assert ("relabel/chosen_percentile" in rows[-1]) == (relabel == "air")
@@ -310,10 +335,21 @@ def test_every_relabeler_trains_logs_and_resumes(relabel, trained, tmp_path):
     assert code == 0 and "resumed" in out, err
     assert err.strip() == "warning: --total-timesteps 160 (the checkpoint's run had 120): using 160"
     rows = read_jsonl(os.path.join(d, "eval.jsonl"))
-    assert [r["iteration"] for r in rows] == [2, 4, 6, 8] and rows[-1]["env_steps"] == 160
-    assert rows[-1]["grad_updates"] == 7 * 3
+    assert [r["iteration"] for r in rows] == [0, 2, 4, 6] and rows[-1]["env_steps"] == 160
+    assert rows[-1]["grad_updates"] == 6 * 3
 
 
+def test_learning_on_point_trajectory_beats_the_untrained_policy(tmp_path):
+    d = str(tmp_path / "learn")
+    code, _, err = run_main(["--env", "point-trajectory", "--hidden", "64", "64", "--batch-size", "64",
+                             "--grad-steps", "20", "--total-timesteps", "1050", "--learning-starts", "150",
+                             "--eval-every", "4", "--num-candidates", "20", "--cache-size", "20", "--seed", "1",
+                             "--run-dir", d])
+    assert code == 0, err
+    rows = read_jsonl(os.path.join(d, "eval.jsonl"))
+    untrained, final = rows[0]["eval/return"], rows[-1]["eval/return"]
+    assert rows[0]["grad_updates"] == 0 and rows[-1]["env_steps"] == 1050
+    assert final > untrained + 1.0, [r["eval/return"] for r in rows]  # about 0.05 -> 4 in 1k env steps
 
 
 def test_resume_after_a_crash_rewrites_no_row_twice(trained, tmp_path):
@@ -324,12 +360,12 @@ def test_resume_after_a_crash_rewrites_no_row_twice(trained, tmp_path):
     d = str(tmp_path / "crashed")
     shutil.copytree(trained, d)
     shutil.copy(os.path.join(d, "checkpoint.pt"), str(tmp_path / "at120.pt"))
-    assert run_main(["--resume", d, "--total-timesteps", "200"])[0] == 0  # rows up to iteration 10 ...
-    shutil.copy(str(tmp_path / "at120.pt"), os.path.join(d, "checkpoint.pt"))  # ... but the checkpoint of 6
+    assert run_main(["--resume", d, "--total-timesteps", "200"])[0] == 0  # rows up to iteration 8 ...
+    shutil.copy(str(tmp_path / "at120.pt"), os.path.join(d, "checkpoint.pt"))  # ... but the checkpoint of 4
     code, out, err = run_main(["--resume", os.path.join(d, "checkpoint.pt"), "--total-timesteps", "200"])
     assert code == 0 and "resumed" in out, err
     rows = read_jsonl(os.path.join(d, "eval.jsonl"))
-    assert [r["iteration"] for r in rows] == [2, 4, 6, 8, 10]
+    assert [r["iteration"] for r in rows] == [0, 2, 4, 6, 8]
     assert compared(rows) == compared(read_jsonl(os.path.join(full, "eval.jsonl")))
 
 

@@ -43,29 +43,56 @@ be recomputed from env infos; here it is in the observation, so every reward is 
 Positions are read after `mj_kinematics`, i.e. of the state the step ended in (mujoco-py's data after `sim.step`
 are one substep older).
 
-Start state (no randomness: HFR's random_init=False). Reset restores a state computed once in the constructor in
-the order of HFR's `reset_model`: the hand is settled first, with the fingers OPEN (ctrl (-1, +1)), then the puck
-is placed at (0, 0.6) on the table. Two resets give bit-identical states (MuJoCo's warm start is restored too);
-`reset(seed=...)` seeds `self.np_random` (gymnasium's contract) but the start does not depend on it.
-  * push: HFR holds the mocap at (0, 0.65, 0) for its settle. z = 0 is below the hand box's floor, and every
-    action clips the target back to it: the first step moves the mocap to (a_x/100, 0.65 + a_y/100, 0.05)
-    whatever a_z is. z = 0 is therefore never held during an episode; holding it presses the claws into the
-    table, where friction stalls the hand about 6 cm short of its target (MuJoCo 3.3.0). We settle the hand at
-    (0, 0.65, 0.05), the target the first action's clip gives. The open fingers then stand at y = hand -+ 0.05 and
-    reach down to z = 0.005, so the rear claw (y 0.597..0.606) cuts through the puck placed at (0, 0.6): HFR's
-    start has a claw inside the puck. We reproduce what MuJoCo 3.3 makes of it: the puck is placed after the hand
-    settles, as HFR does, and the state is advanced 40 steps with the mocap held (the claw-in-puck contact resolves
-    during them); the contact lifts the hand and the claw comes to rest pressed into the top of the puck, the puck
-    still at (0, 0.6). Measured (tests/test_sawyer.py pins them): hand (0.000, 0.650, 0.066), fingers open
-    (finger centre z 0.021), puck (0.000, 0.600, 0.014) at rest with the rear claw 8 mm into its top.
-    (MuJoCo's libccd collider instead squeezes the puck out sideways to about (-0.04, 0.59).)
-    HFR's reset_model run verbatim is not a start state but a collision: Meta-World's `reset` first puts the arm
-    back at its zero pose (`sim.reset()`, hand at (1.14, 0.16, 0.32)), and its 10 x 5 settle steps end with the
-    hand still swinging in, about 10 cm short of its target; the puck, placed in its path, is struck and thrown.
-    Where it goes depends on the MuJoCo build (benchmarks/sawyer_exploration.py measures it); that throw is not
-    reproduced here.
-  * reach: HFR's hand start (0, 0.6, 0.2), fingers open: hand (0.000, 0.600, 0.200), finger centre 4.5 cm below;
-    puck placed at (0, 0.6) afterwards, well clear of the fingers.
+Start state (no randomness: HFR's random_init=False). Reset restores a state computed once in the constructor; two
+resets give bit-identical states (MuJoCo's warm start is restored too); `reset(seed=...)` seeds `self.np_random`
+(gymnasium's contract) but the start does not depend on it. The first observation of an episode is the state the
+start ends in. The push families offer three starts, chosen with the constructor argument `start` (e.g.
+`envs.make("sawyer-push", start="settled")`); "lodged" is the default.
+  * What HFR's reset does. michaelwan11/hfr's `reset_model`, through Meta-World 2f228c2's `MujocoEnv.reset`: the
+    arm back at its zero pose (hand at (1.14, 0.16, 0.32)); 10 x 5 MuJoCo steps with the mocap at (0, 0.65, 0),
+    quaternion (1, 0, 1, 0) and the fingers OPEN (ctrl (-1, +1)); then the puck's position set to (0, 0.6) at its
+    current height, velocity zero; nothing settled. z = 0 is below the hand box's floor and every action clips
+    the target back to it, so the first step moves the mocap to (a_x/100, 0.65 + a_y/100, 0.05) whatever a_z is.
+    When reset returns, the hand is still swinging in (arm joints at up to 7.7 rad/s), about 11 cm short of its
+    target, and sweeps into the puck. What follows depends on the MuJoCo build; HFR's MuJoCo 2.0 (mujoco-py)
+    cannot run here, the oldest that can is MuJoCo 2.2.0 (PyPI). In MuJoCo 2.2.0 the open claws scoop the puck:
+    with zero actions it comes to rest after about 40 steps tipped onto its rim between the claws, leaning on the
+    front pad, hand at (0, 0.650, 0.050), fingers open; the same in every episode (the reset has no randomness;
+    benchmarks/sawyer_exploration.py checks three resets bit for bit). In MuJoCo 3.3 the same reset throws the
+    puck beyond the goals (y 0.6 -> 1.1 in 40 steps): its swing already differs when reset returns (hand z 0.049,
+    2.2: 0.062), and the claw strikes the puck low. (MuJoCo 2.2's state at that moment, continued in 3.3, does
+    not throw it: see "arriving".)
+  * "lodged" (default): MuJoCo 2.2.0's outcome of that reset. The arm, finger and puck joint positions 2.2.0
+    reaches 200 zero-action steps after HFR's reset (LODGED_* constants; quaternion included) are written into
+    the joints and held 40 steps in MuJoCo 3.3 with the mocap at (0, 0.65, 0.05), the target the first action's
+    clip gives, and the fingers open. Measured (tests/test_sawyer.py pins them): hand (0.000, 0.650, 0.050), puck
+    (-0.003, 0.664, 0.033) tipped 56 degrees from flat, fingers open; 2.2.0: hand (0.000, 0.650, 0.0495), puck
+    the same to 0.1 mm. It stays there while the hand is held (150 steps: < 0.5 mm), the claws carry it forward
+    and back with the hand, and a sideways or upward move leaves it behind, as in 2.2.0 (30 steps of one held
+    action from this state: the puck ends within 3 cm of 2.2.0's for moves along y, x or z; a diagonal move
+    differs more, up to 8 cm).
+  * "arriving": the state HFR's reset returns in MuJoCo 2.2.0, velocities included (ARRIVING_* constants): hand
+    (0.005, 0.536, 0.062) swinging in, puck at (0, 0.6, 0.015), mocap at HFR's (0, 0.65, 0). The first
+    observation is HFR's as MuJoCo 2.2.0 gives it and the episode's first steps carry the swing. MuJoCo 3.3
+    continues it without a throw: with zero actions the claws sweep the puck in and it stands upright on its rim
+    at (-0.006, 0.641, 0.030) after 40 steps; unlike 2.2.0's it does not stay: it rolls sideways out of the
+    claws (5 cm in 400 steps of held hand).
+  * "settled" (the default before "lodged"): HFR's order without the swing. The hand settles at (0, 0.65, 0.05)
+    from the zero pose with the fingers open (100 steps, the puck parked off the arm's path), then the puck is
+    placed at (0, 0.6), where the open rear claw (y 0.597..0.606, down to z 0.005) cuts through it, and 40 steps
+    with the mocap held resolve the contact: hand lifted to (0.000, 0.650, 0.066), puck (0.000, 0.600, 0.014) at
+    rest with the rear claw 8 mm into its top. (MuJoCo's libccd collider instead squeezes the puck out sideways
+    to about (-0.04, 0.59).) The hand settles at z 0.05, not HFR's 0: z = 0 is never held in an episode (see
+    above), and held it presses the claws into the table, where friction stalls the hand about 6 cm short.
+  * reach (its only start, "settled"): HFR's hand start (0, 0.6, 0.2), fingers open: hand (0.000, 0.600, 0.200),
+    finger centre 4.5 cm below; puck placed at (0, 0.6) afterwards, well clear of the fingers.
+  Why "lodged" is the default: it is where HFR's reset leaves hand and puck in the closest MuJoCo that runs here,
+  and it is at rest and stays so in MuJoCo 3.3. benchmarks/results/sawyer-exploration.json measures how often
+  held random actions bring the puck to a goal from each (2,000 episodes each, 95 % Wilson intervals):
+  "lodged" 24.6 % [22.8, 26.5]; HFR's reset run verbatim in MuJoCo 2.2.0 29.7 % [27.7, 31.7]; "arriving"
+  39.7 % [37.6, 41.9]; "settled" 3.2 % [2.5, 4.1]. "lodged" is below the verbatim reset in 2.2.0 because the
+  swing that reset hands to the first actions helps, not because of MuJoCo 3: in 2.2.0, starting the policy 10,
+  20, 40 zero-action steps after the reset gives 28.4 %, 25.4 %, 21.0 %, and the "lodged" state gives 21.3 %.
 
 Tasks and rewards (d = distance after the step, i.e. measured on next_obs):
   sawyer-push (HFR): task = goal xy, 60 goals drawn with np.random.RandomState(3).uniform over HFR's sparse-push
@@ -95,8 +122,8 @@ centre; margin kept), for HER-style relabeling.
 Rendering: render_mode="rgb_array" (camera "corner" unless camera_name says otherwise, or v1's "topview"); the
 goal site is moved to the task's goal (push: on the table; reach-margin: its radius shows the margin).
 
-Speed: one core, process CPU time: about 6,000 steps per second with a reset every 150 steps (the "after" row of
-benchmarks/results/sawyer-exploration.json: 300,000 steps in 49 CPU s on a shared 2-core AMD EPYC, random actions
+Speed: one core, process CPU time: about 8,000 steps per second with a reset every 150 steps (the "lodged" row of
+benchmarks/results/sawyer-exploration.json: 300,000 steps in 37 CPU s on a shared 2-core AMD EPYC, random actions
 and the benchmark's own bookkeeping included). Construction takes about 1 s (scene compile and the settle).
 Command for the bare step rate (PYTHONPATH at the repository root):
     OMP_NUM_THREADS=1 python -c "import time,numpy as np,envs; e=envs.make('sawyer-push'); e.reset(seed=0); \
@@ -127,6 +154,22 @@ PUCK_HALF_HEIGHT = 0.015  # v1 puck: resting centre height
 PUCK_PARKED = (1.5, 1.5, PUCK_HALF_HEIGHT)  # on the table plane, out of the arm's reach, while the hand settles
 SETTLE_STEPS = 100  # hand settle (x 5 MuJoCo steps); HFR's _reset_hand runs 10, from the arm's zero pose
 PUCK_SETTLE_STEPS = 40  # after the puck is placed: the claw-in-puck contact resolves and comes to rest
+# push start "lodged" (the default): the state MuJoCo 2.2.0 reaches with HFR's reset_model run verbatim followed by
+# 200 zero-action steps (module docstring; benchmarks/sawyer_exploration.py --rows hfr-verbatim records it), as
+# joint positions: the seven arm joints right_j0..right_j6, the two fingers r_close, l_close, and the puck's free
+# joint (centre xyz, quaternion wxyz: the puck stands on its rim, tipped 56 degrees, leaning on the front pad).
+LODGED_ARM_QPOS = (1.7411561, -0.499572, -0.6311071, 1.6160405, 0.8594089, 0.7530196, 2.4472815)
+LODGED_FINGER_QPOS = (9.38e-05, 3e-07)
+LODGED_PUCK_QPOS = (-0.0029275, 0.6638071, 0.0332331, 0.4679616, -0.883686, 0.0100092, 0.0033027)
+LODGED_SETTLE_STEPS = 40  # held in MuJoCo 3.3 with the mocap at (0, 0.65, 0.05) before the episode starts
+# push start "arriving": the state HFR's reset_model returns in MuJoCo 2.2.0 (joint positions as above, and the
+# joint velocities of the arm still swinging in; the puck just placed, at rest), mocap at HFR's (0, 0.65, 0)
+ARRIVING_ARM_QPOS = (1.99274, -0.370552, -0.928128, 1.845045, 1.125272, 0.819739, 2.290609)
+ARRIVING_FINGER_QPOS = (-0.00017, -0.000571)
+ARRIVING_PUCK_QPOS = (0.0, 0.6, 0.014928, 0.999978, -0.006554, 0.000516, -0.000347)
+ARRIVING_ARM_QVEL = (-5.10518, -4.62605, 7.74982, -5.43887, -3.14945, -4.11647, 3.67897)
+ARRIVING_FINGER_QVEL = (0.0, -0.29793)
+HFR_PUSH_MOCAP = (0.0, 0.65, 0.0)  # HFR's hand_init_pos for push; the first step's clip lifts it to z 0.05
 TABLE_LOW, TABLE_HIGH = np.array([-0.4, 0.2]), np.array([0.4, 1.0])  # the v1 table top (plane at z = 0)
 HFR_GOAL_SEED = 3
 N_TRAIN, N_TEST = 50, 10
@@ -154,6 +197,7 @@ class _Sawyer(TaskEnv):
     source = "HFR (Wan et al. 2022), michaelwan11/hfr"
 
     # set by subclasses
+    starts: tuple  # the start states the family offers (constructor argument `start`), the default first
     hand_start: tuple
     finger_centre_in_obs: bool
     goal_low: np.ndarray
@@ -162,8 +206,11 @@ class _Sawyer(TaskEnv):
 
     def __init__(self, seed: int = 0, horizon: int | None = None, n_train_tasks: int = N_TRAIN,
                  n_test_tasks: int = N_TEST, render_mode: str | None = None, width: int = 480,
-                 height: int = 480, camera_name: str = "corner"):
+                 height: int = 480, camera_name: str = "corner", start: str | None = None):
         name = getattr(self, "name", "sawyer")
+        self.start = self.starts[0] if start is None else start
+        if self.start not in self.starts:
+            raise ValueError(f"{name}: start must be one of {', '.join(map(repr, self.starts))}, got {start!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"{name}: render_mode must be None or 'rgb_array', got {render_mode!r}")
         if n_train_tasks < 1 or n_test_tasks < 1:
@@ -232,17 +279,31 @@ class _Sawyer(TaskEnv):
         mujoco.mj_step(self._model, d, nstep=n * FRAME_SKIP)
 
     def _settle(self) -> np.ndarray:
-        """The start state in the order of HFR's reset_model: the hand settled with open fingers, then the puck
-        placed at its start and the state advanced until the contacts have resolved (module docstring).
+        """The start state (module docstring). "settled": in the order of HFR's reset_model, the hand settled with
+        open fingers, then the puck placed at its start and the state advanced until the contacts have resolved.
+        "lodged": MuJoCo 2.2.0's outcome of HFR's verbatim reset written into the joints, then held until at rest.
         Returned as MuJoCo's full integration state (incl. mocap, ctrl, warm start)."""
         m, d = self._model, self._data
         mujoco.mj_resetData(m, d)  # as Meta-World's reset: the arm at its zero pose
         q, v = self._puck_q, self._puck_v
-        d.qpos[q:q + 7] = (*PUCK_PARKED, 1.0, 0.0, 0.0, 0.0)
-        self._hold(self.hand_start, SETTLE_STEPS)
-        d.qpos[q:q + 7] = (*PUCK_START_XY, PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0)
-        d.qvel[v:v + 6] = 0.0
-        self._hold(self.hand_start, PUCK_SETTLE_STEPS)
+        arm = [m.joint(f"right_j{i}").id for i in range(7)]
+        fingers = [m.joint(j).id for j in ("r_close", "l_close")]
+        if self.start == "lodged":
+            d.qpos[m.jnt_qposadr[arm]], d.qpos[m.jnt_qposadr[fingers]] = LODGED_ARM_QPOS, LODGED_FINGER_QPOS
+            d.qpos[q:q + 7] = LODGED_PUCK_QPOS
+            self._hold(self.hand_start, LODGED_SETTLE_STEPS)
+        elif self.start == "arriving":
+            d.qpos[m.jnt_qposadr[arm]], d.qpos[m.jnt_qposadr[fingers]] = ARRIVING_ARM_QPOS, ARRIVING_FINGER_QPOS
+            d.qvel[m.jnt_dofadr[arm]], d.qvel[m.jnt_dofadr[fingers]] = ARRIVING_ARM_QVEL, ARRIVING_FINGER_QVEL
+            d.qpos[q:q + 7] = ARRIVING_PUCK_QPOS
+            d.mocap_pos[0], d.mocap_quat[0], d.ctrl[:] = HFR_PUSH_MOCAP, MOCAP_QUAT, FINGERS_OPEN
+            mujoco.mj_forward(m, d)
+        else:
+            d.qpos[q:q + 7] = (*PUCK_PARKED, 1.0, 0.0, 0.0, 0.0)
+            self._hold(self.hand_start, SETTLE_STEPS)
+            d.qpos[q:q + 7] = (*PUCK_START_XY, PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0)
+            d.qvel[v:v + 6] = 0.0
+            self._hold(self.hand_start, PUCK_SETTLE_STEPS)
         d.time = 0.0
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         state = np.empty(mujoco.mj_stateSize(m, spec))
@@ -310,6 +371,7 @@ class _Sawyer(TaskEnv):
 class _PushTasks:
     """Goal = puck xy. Mixed in before _Sawyer."""
 
+    starts = ("lodged", "arriving", "settled")
     hand_start = (0.0, 0.65, 0.05)  # HFR's (0, 0.65, 0) as the first action's clip leaves it (docstring)
     finger_centre_in_obs = False
     _goal_len = 2
@@ -340,6 +402,7 @@ class _PushTasks:
 class _ReachTasks:
     """Goal = finger-centre xyz. Mixed in before _Sawyer."""
 
+    starts = ("settled",)
     hand_start = (0.0, 0.6, 0.2)  # HFR's / Meta-World v1's hand_init_pos
     finger_centre_in_obs = True
     _goal_len = 3

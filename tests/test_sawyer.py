@@ -3,6 +3,9 @@
 The generic protocol checks (evaluate == step, check_env, seeding, truncation) run in test_envs.py.
 """
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -85,24 +88,111 @@ def reach():
     e.close()
 
 
+def puck_tilt_degrees(env) -> float:
+    """Angle between the puck's axis and the vertical."""
+    return float(np.degrees(np.arccos(env._data.xmat[env._model.body("obj").id][8])))
+
+
+def between_the_claws(obs) -> bool:
+    """The puck's centre inside the open gripper: within the claws' 3 cm width and between the pads' faces."""
+    dx, dy = np.abs(obs[..., 3:5].astype(np.float64) - obs[..., 0:2])
+    return bool(dx < 0.03 and dy < 0.044)
+
+
 def test_push_start_state(push):
-    """HFR's sparse-push start in the v1 scene: hand settled at (0, 0.65) with the fingers open, the puck placed
-    after it at (0, 0.6), where the rear claw cuts through it; the claw ends pressed into the puck's top."""
+    """The default push start ("lodged"): where HFR's reset leaves hand, fingers and puck in MuJoCo 2.2.0 (the
+    puck tipped onto its rim between the open claws, leaning on the front pad), held at rest in MuJoCo 3.3."""
+    assert push.start == "lodged"
     obs, _ = push.reset(seed=0)
     assert obs.shape == (6,) and obs.dtype == np.float32
-    np.testing.assert_allclose(obs[:3], [0.0, 0.650, 0.066], atol=1.5e-3)  # lifted 16 mm by the puck
-    np.testing.assert_allclose(obs[3:6], [0.0, 0.600, 0.014], atol=1.5e-3)  # v1 puck: rests at z 0.015
+    # MuJoCo 2.2.0 after HFR's reset + 200 zero-action steps: hand (0, 0.6501, 0.0495), puck (-0.0029, 0.6638, 0.0332)
+    np.testing.assert_allclose(obs[:3], [0.0, 0.650, 0.0497], atol=5e-4)
+    np.testing.assert_allclose(obs[3:6], [-0.0029, 0.6639, 0.0332], atol=5e-4)
+    assert puck_tilt_degrees(push) == pytest.approx(124.4, abs=1.0)  # on its rim, 56 degrees from lying flat
     d = push._data
     np.testing.assert_allclose(d.qpos[7:9], [0.0, 0.0], atol=5e-4)  # both fingers fully open
     np.testing.assert_allclose(d.mocap_pos[0], [0.0, 0.65, 0.05])  # the target the first action's clip gives
-    fingertips = 0.5 * (d.site_xpos[push._fingers[0]] + d.site_xpos[push._fingers[1]])
-    np.testing.assert_allclose(fingertips, [0.0, 0.646, 0.021], atol=1.5e-3)
-    rear_claw = d.geom_xpos[push._model.geom("rightclaw_it").id]
-    assert abs(rear_claw[1] - 0.6) < 0.004 and rear_claw[2] - 0.045 < obs[5] + 0.015  # claw in the puck's top
-    # at rest: holding still (open fingers, zero motion) leaves hand and puck where they are
+    assert between_the_claws(obs)
+    # at rest: 150 steps holding still leave hand and puck where they are (no throw, no drift)
+    for _ in range(150):
+        obs2, *_ = push.step(np.zeros(4, np.float32))
+    np.testing.assert_allclose(obs2, obs, atol=5e-4)
+
+
+def test_lodged_puck_moves_with_the_hand_along_y(push):
+    """As in MuJoCo 2.2: the claws carry the puck forward and back (it stays between them); a sideways or upward
+    move leaves it behind."""
+    for a, hand_y in (([0.0, 1.0, 0.0, 0.0], 0.904), ([0.0, -1.0, 0.0, 0.0], 0.404), ([0.0, 1.0, 0.0, -1.0], 0.907)):
+        push.reset(seed=0)
+        for _ in range(30):
+            obs, *_ = push.step(np.array(a, np.float32))
+            assert between_the_claws(obs)
+        assert obs[1] == pytest.approx(hand_y, abs=5e-3) and abs(obs[4] - obs[1]) < 0.02
+    push.reset(seed=0)
     for _ in range(30):
-        obs2, *_ = push.step(np.array([0, 0, 0, -1], np.float32))
+        obs, *_ = push.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
+    assert obs[0] > 0.25 and abs(obs[3]) < 0.01  # the hand went sideways, the puck stayed
+
+
+def test_settled_start_state():
+    """start="settled": hand settled at (0, 0.65) with the fingers open, the puck placed after it at (0, 0.6),
+    where the rear claw cuts through it; the claw ends pressed into the puck's top."""
+    env = envs.make("sawyer-push", start="settled")
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(obs[:3], [0.0, 0.650, 0.066], atol=1.5e-3)  # lifted 16 mm by the puck
+    np.testing.assert_allclose(obs[3:6], [0.0, 0.600, 0.014], atol=1.5e-3)  # v1 puck: rests at z 0.015
+    d = env._data
+    np.testing.assert_allclose(d.qpos[7:9], [0.0, 0.0], atol=5e-4)
+    np.testing.assert_allclose(d.mocap_pos[0], [0.0, 0.65, 0.05])
+    fingertips = 0.5 * (d.site_xpos[env._fingers[0]] + d.site_xpos[env._fingers[1]])
+    np.testing.assert_allclose(fingertips, [0.0, 0.646, 0.021], atol=1.5e-3)
+    rear_claw = d.geom_xpos[env._model.geom("rightclaw_it").id]
+    assert abs(rear_claw[1] - 0.6) < 0.004 and rear_claw[2] - 0.045 < obs[5] + 0.015  # claw in the puck's top
+    for _ in range(30):
+        obs2, *_ = env.step(np.array([0, 0, 0, -1], np.float32))
     np.testing.assert_allclose(obs2, obs, atol=1e-3)
+    env.close()
+
+
+def test_arriving_start_state():
+    """start="arriving": the state HFR's reset returns in MuJoCo 2.2.0, the arm still swinging in; with zero
+    actions MuJoCo 3.3 sweeps the puck into the gripper (not thrown, as HFR's reset run in MuJoCo 3.3 does)."""
+    env = envs.make("sawyer-push", start="arriving")
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(obs, [0.0051, 0.5357, 0.0622, 0.0, 0.6, 0.0149], atol=1e-4)  # MuJoCo 2.2.0's
+    np.testing.assert_allclose(env._data.mocap_pos[0], [0.0, 0.65, 0.0])  # HFR's; the first step lifts it to 0.05
+    assert np.abs(env._data.qvel[:7]).max() > 7.0  # the arm arrives at up to 7.7 rad/s
+    for _ in range(40):
+        obs, *_ = env.step(np.zeros(4, np.float32))
+    np.testing.assert_allclose(obs[:3], [0.0, 0.650, 0.0497], atol=1e-3)
+    assert between_the_claws(obs) and obs[4] == pytest.approx(0.641, abs=5e-3)
+    env.close()
+
+
+@pytest.mark.parametrize("name, start", [("sawyer-push", "thrown"), ("sawyer-push-dense", ""),
+                                         ("sawyer-reach", "lodged")])
+def test_unknown_start_is_a_one_line_error(name, start):
+    with pytest.raises(ValueError) as e:
+        envs.make(name, start=start)
+    assert "\n" not in str(e.value) and "start must be one of" in str(e.value)
+
+
+def test_benchmark_scene_steps_as_the_env(push):
+    """benchmarks/sawyer_exploration.py's numpy-and-mujoco-only copy of the scene (it runs the verbatim reset in
+    MuJoCo 2.2) gives sawyer-push's lodged start and steps bit for bit."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "sawyer_exploration.py")
+    spec = importlib.util.spec_from_file_location("sawyer_exploration", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scene = bench.V1Scene(bench.default_mesh_dir())
+    scene.lodged_start()
+    np.testing.assert_array_equal(scene.restore(), push.reset(seed=0)[0])
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        a = rng.uniform(-1.2, 1.2, 4).astype(np.float32)
+        np.testing.assert_array_equal(scene.step(a), push.step(a)[0])
+    np.testing.assert_array_equal(bench.train_goals(), push.train_tasks)
 
 
 def test_reach_start_state(reach):

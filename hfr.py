@@ -1,9 +1,8 @@
 """HFR: Hindsight Foresight Relabeling for Meta-Reinforcement Learning (Wan, Peng, Gangwani, ICLR 2022) on PEARL.
 
 Paper: https://arxiv.org/abs/2109.09031   Authors' code: michaelwan11/hfr (built on oyster, PEARL's code).
-This file is pearl.py plus HFR's relabeler: `diff pearl.py hfr.py` shows exactly what HFR adds.
-Equation numbers in comments follow the HFR paper:
-    Eq. 2, 3  PEARL's actor and critic losses (unchanged, see pearl.py)
+This file is pearl.py plus HFR's relabeler: `diff pearl.py hfr.py` shows exactly what HFR adds. Comments cite
+PEARL's equations as pearl.py does (PEARL paper, Eq. 1-4) and HFR's by the HFR paper's numbers:
     Eq. 4     U_psi(tau): return of the policy adapted with tau, under task psi       (the utility)
     Eq. 8     q(psi | tau) ~ p(psi) exp(U_psi(tau) - log Z(psi))                      -> relabel_distribution
     Eq. 9     U_psi(tau) ~ E_{s1 ~ B_psi, a1 ~ pi(.|s1, z ~ q(z|tau under r_psi))} Q(s1, a1, z)  -> utility
@@ -21,7 +20,7 @@ random (a uniform task per trajectory, every call), none (PEARL).
 Reproduce the paper's Four-Corners comparison (Fig. 2; paper size, except that each of the 4 tasks is in every
 meta-batch once with batch 512, where the authors draw 8 of the 4 tasks with replacement):
     for r in hfr hipi random none; do python hfr.py --env four-corners --relabel $r; done
-The headline run (Sawyer push, Fig. 6):
+The headline run (Sawyer push, Fig. 6; `--help` says what it costs):
     python hfr.py --env sawyer-push
 """
 
@@ -156,6 +155,597 @@ class Args:
     """M: contexts per task averaged in log Z (Algorithm 1, GetLogPartition)"""
 
 
+# ---------------------------------------------------------------------------------------------- networks
+def mlp(sizes: list[int], last_init: float) -> nn.Sequential:
+    """rlkit's Mlp: ReLU hidden layers with its `fanin_init` (U(+-1/sqrt(size[0])) of the (out, in) weight, i.e.
+    the fan-out, kept as the authors ran it) and biases 0.1; last layer U(+-last_init) for weight and bias."""
+    layers = []
+    for i in range(len(sizes) - 1):
+        lin = nn.Linear(sizes[i], sizes[i + 1])
+        if i < len(sizes) - 2:
+            nn.init.uniform_(lin.weight, -1 / np.sqrt(lin.weight.shape[0]), 1 / np.sqrt(lin.weight.shape[0]))
+            nn.init.constant_(lin.bias, 0.1)
+            layers += [lin, nn.ReLU(inplace=True)]
+        else:
+            nn.init.uniform_(lin.weight, -last_init, last_init)
+            nn.init.uniform_(lin.bias, -last_init, last_init)
+            layers.append(lin)
+    return nn.Sequential(*layers)
+
+
+def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2: the posterior of independent Gaussian factors N(mu_n, var_n) over the context axis -2,
+    var = 1 / sum_n 1/var_n,  mu = var * sum_n mu_n / var_n."""
+    var = var.clamp(min=1e-7)
+    post_var = 1.0 / torch.reciprocal(var).sum(-2)
+    return post_var * (mu / var).sum(-2), post_var
+
+
+def kl_to_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Eq. 1's KL( N(mu, diag var) || N(0, I) ), summed over the latent dims: 0.5 sum(var + mu^2 - 1 - log var)."""
+    return 0.5 * (var + mu.square() - 1.0 - var.log()).sum(-1)
+
+
+class ContextEncoder(nn.Module):
+    """q(z | c), Eq. 2: an MLP 3x200 per context transition; with the information bottleneck each transition gives
+    a Gaussian factor Psi(z | c_n) (mean, softplus variance) and the posterior is their product; without it z is the
+    mean of the outputs (a deterministic z)."""
+
+    def __init__(self, ctx_dim: int, latent: int, hidden: int, ib: bool):
+        super().__init__()
+        self.latent, self.ib = latent, ib
+        self.net = mlp([ctx_dim, hidden, hidden, hidden, 2 * latent if ib else latent], 3e-3)
+
+    def forward(self, context: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """context (..., N, ctx_dim) -> posterior mean and variance (..., latent), in float32."""
+        out = self.net(context).float()
+        if not self.ib:
+            return out.mean(-2), None
+        return product_of_gaussians(out[..., : self.latent], F.softplus(out[..., self.latent:]))
+
+
+def sample_z(mu: torch.Tensor, var: Optional[torch.Tensor]) -> torch.Tensor:
+    """One reparameterized z per task (the mean itself without the information bottleneck)."""
+    return mu if var is None else mu + var.sqrt() * torch.randn_like(mu)
+
+
+class TanhGaussianPolicy(nn.Module):
+    """pi(a | s, z): MLP 3x300 -> mean and log-std (clamped to [-20, 2]); a = tanh(mean + std * eps)."""
+
+    def __init__(self, obs_dim: int, latent: int, act_dim: int, hidden: int):
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp([obs_dim + latent, hidden, hidden, hidden, 2 * act_dim], 1e-3)
+
+    def mean_log_std(self, obs: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([obs, z], -1)).float()
+        return out[..., : self.act_dim], out[..., self.act_dim:].clamp(-20.0, 2.0)
+
+    def forward(self, obs: torch.Tensor, z: torch.Tensor):
+        """Reparameterized action, its log-prob (float32) and the pre-squash mean / log-std (regularized)."""
+        mean, log_std = self.mean_log_std(obs, z)
+        eps = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * eps
+        action = torch.tanh(pre_tanh)
+        # log N(pre_tanh; mean, std) - log(1 - tanh^2 + 1e-6), rlkit's TanhNormal with its epsilon
+        log_pi = (-0.5 * eps.square() - log_std - 0.5 * np.log(2 * np.pi)
+                  - torch.log(1.0 - action.square() + 1e-6)).sum(-1, keepdim=True)
+        return action, log_pi, mean, log_std
+
+    def act(self, obs: torch.Tensor, z: torch.Tensor, *, deterministic: bool) -> torch.Tensor:
+
+        mean, log_std = self.mean_log_std(obs, z)
+        return torch.tanh(mean if deterministic else mean + log_std.exp() * torch.randn_like(mean))
+
+
+class Critic(nn.Module):
+    """An MLP 3x300 on a concatenated input: Q([s, a, z]) or V([s, z])."""
+
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp([in_dim, hidden, hidden, hidden, 1], 3e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PEARL(nn.Module):
+    """All networks of the agent: encoder, policy, twin Q, V and the Polyak-averaged target V."""
+
+    def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args):
+        super().__init__()
+        L, h = args.latent_size, args.net_size
+        self.encoder = ContextEncoder(ctx_dim, L, args.encoder_size, ib=args.use_information_bottleneck)
+
+        self.policy = TanhGaussianPolicy(obs_dim, L, act_dim, h)
+        self.qf1, self.qf2 = Critic(obs_dim + act_dim + L, h), Critic(obs_dim + act_dim + L, h)
+        self.vf, self.target_vf = Critic(obs_dim + L, h), Critic(obs_dim + L, h)
+        self.target_vf.load_state_dict(self.vf.state_dict())
+        self.target_vf.requires_grad_(False)
+
+
+def make_optimizers(agent: PEARL, lr: float) -> dict[str, torch.optim.Optimizer]:
+    """Separate Adams as the authors' code (one for both Q nets: Adam is per-parameter, so this equals two).
+    fused=True: one kernel per optimizer step instead of a dozen passes over the parameters."""
+    kw = dict(lr=lr, fused=True)
+    return {"qf": torch.optim.Adam([*agent.qf1.parameters(), *agent.qf2.parameters()], **kw),
+            "encoder": torch.optim.Adam(agent.encoder.parameters(), **kw),
+            "vf": torch.optim.Adam(agent.vf.parameters(), **kw),
+            "policy": torch.optim.Adam(agent.policy.parameters(), **kw)}
+
+
+# ---------------------------------------------------------------------------------------------- replay buffers
+class TaskReplayBuffers:
+    """One FIFO buffer per train task, preallocated as (tasks, capacity, width) float32. A row packs a transition
+    as [obs, act, reward, next_obs, done], so the encoder's context (s, a, r[, s']) is a prefix of the row.
+    Whole trajectories go in (`add_trajectory`), random transitions of many tasks come out in one gather."""
+
+    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity, self.width = capacity, 2 * obs_dim + act_dim + 2
+        self.data = np.zeros((n_tasks, capacity, self.width), np.float32)
+        self.size = np.zeros(n_tasks, np.int64)
+        self.ptr = np.zeros(n_tasks, np.int64)
+
+    def add_trajectory(self, task: int, rows: np.ndarray) -> None:
+        idx = (self.ptr[task] + np.arange(len(rows))) % self.capacity
+        self.data[task, idx] = rows
+        self.ptr[task] = (self.ptr[task] + len(rows)) % self.capacity
+        self.size[task] = min(self.size[task] + len(rows), self.capacity)
+
+    def clear(self, task: int) -> None:
+        self.size[task] = self.ptr[task] = 0
+
+    def sample(self, tasks: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(len(tasks), n, width): n transitions drawn uniformly with replacement from each task's buffer."""
+        idx = rng.integers(0, self.size[tasks][:, None], size=(len(tasks), n))
+        return self.data[tasks[:, None], idx]
+
+    def state_dict(self) -> dict:
+        return {"rows": [self.data[t, : self.size[t]].copy() for t in range(len(self.size))],
+                "size": self.size.copy(), "ptr": self.ptr.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size[:], self.ptr[:] = state["size"], state["ptr"]
+        for t, rows in enumerate(state["rows"]):
+            self.data[t, : len(rows)] = rows
+
+
+def pack(traj: dict, reward: np.ndarray) -> np.ndarray:
+    """Buffer rows [obs, act, reward, next_obs, done] of a trajectory, with the given reward column."""
+    return np.concatenate([traj["obs"], traj["act"], reward[:, None], traj["next_obs"], traj["done"][:, None]],
+                          1, dtype=np.float32)
+
+
+def delay_rewards(rew: np.ndarray, delay: int) -> np.ndarray:
+    """Per-step rewards (..., T) of one whole episode as envs.DelayedReward pays them: zero, except the sum of
+    the last `delay` steps at every delay-th step and the sum of the remainder at the final step."""
+    if delay == 1:
+        return rew
+    paid = np.zeros(rew.shape[-1], dtype=bool)
+    paid[delay - 1::delay] = paid[-1] = True
+    cumulative = np.cumsum(rew, -1)[..., paid]
+    out = np.zeros_like(rew)
+    out[..., paid] = np.diff(cumulative, axis=-1, prepend=0.0)
+    return out
+
+
+def trajectory_rewards(env: envs.TaskEnv, traj: dict, task: np.ndarray, args: Args):
+    """(reward the encoder sees, reward the critic is trained on, terminated) of a whole episode under `task`;
+    env.evaluate gives per-step rewards, so a delayed-reward run delays them here as the env wrapper did."""
+    rew, done = env.evaluate(traj["obs"], traj["act"], traj["next_obs"], task)
+    critic = env.evaluate_dense(traj["obs"], traj["act"], traj["next_obs"], task) if args.critic_dense_reward else rew
+    return delay_rewards(rew, args.reward_delay), delay_rewards(critic, args.reward_delay), done
+
+
+# ---------------------------------------------------------------------------------------------- HFR: the relabeler
+def relabel_distribution(utility, log_z, epsilon: float = 1.0) -> np.ndarray:
+    """Eq. 8 with the temperature of §5.2, as probabilities: q(j | tau) = softmax_j((U_j(tau) - log Z_j) / epsilon)
+    over the last axis (the uniform prior p(psi) cancels; epsilon = 1 is Eq. 8 itself)."""
+    logits = (np.asarray(utility, np.float64) - np.asarray(log_z, np.float64)) / epsilon
+    q = np.exp(logits - logits.max(-1, keepdims=True))
+    return q / q.sum(-1, keepdims=True)
+
+
+def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log (1/M) sum_m exp(x_m) along dim: Algorithm 1's Monte-Carlo log Z, via a stable logsumexp."""
+    return torch.logsumexp(x, dim) - np.log(x.shape[dim])
+
+
+def sample_categorical(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One index per row of the probabilities q (..., K), by the inverse CDF of that row."""
+    cdf = q.cumsum(-1)
+    cdf[..., -1] = 1.0  # rounding must not leave a sliver of probability past the last task
+    return (cdf > rng.random(q.shape[:-1] + (1,))).argmax(-1)
+
+
+def entropy(q: np.ndarray) -> np.ndarray:
+    """H(q) in nats over the last axis (0 log 0 = 0)."""
+    return -(q * np.log(np.where(q > 0, q, 1.0))).sum(-1)
+
+
+@torch.inference_mode()
+def utility(agent: PEARL, context: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 (Algorithm 1, ComputeUtility) for a batch (...) of (trajectory, task) pairs at once: the trajectory
+    under the task's reward, context (..., T, ctx_dim), gives z ~ q(z | context) (the adaptation f_phi); the task's
+    start states start_obs (..., N, obs_dim) and a1 ~ pi(. | s1, z) give U = mean_n min(Q1, Q2)(s1_n, a1_n, z).
+    No -log pi term, as in the authors' code. One encoder pass and one policy / Q pass for all pairs."""
+    z = sample_z(*agent.encoder(context))[..., None, :].expand(*start_obs.shape[:-1], -1)
+    s_a_z = torch.cat([start_obs, agent.policy.act(start_obs, z, deterministic=False), z], -1)
+    return torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float().mean((-2, -1))
+
+
+class Relabeler:
+    """Where collected trajectories go (the authors' relabel_hfr_q), and the state HFR keeps:
+      * orig_buf: per task, the ORIGINAL data of its latest collection (cleared when the task is sampled). The
+        collection posterior is inferred from it and log Z is estimated on it, since with relabeling a task's
+        encoder buffer also holds trajectories of other tasks.
+      * start_buf: the first transition of every trajectory stored in a task's RL buffer (s1 ~ B_psi of Eq. 9).
+      * encoder buffers are cleared lazily, the first time data (original or relabeled) reaches the task in an
+        iteration, so that relabeled data which arrives before the task's own collection is kept.
+    A collection call's trajectories are relabeled with probability relabel_prob (--relabel random: always; the
+    initial data: never). A relabeled trajectory goes ONLY to the chosen task's RL and encoder buffers."""
+
+    def __init__(self, env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, device):
+        K = len(train_tasks)
+        self.env, self.agent, self.tasks, self.rl_buf, self.enc_buf = env, agent, train_tasks, rl_buf, enc_buf
+        self.args, self.obs_dim, self.act_dim, self.ctx_dim, self.device = args, obs_dim, act_dim, ctx_dim, device
+        per_call = max(args.num_initial_steps,
+                       args.num_steps_prior + args.num_steps_posterior + args.num_extra_rl_steps_posterior)
+        self.orig_buf = TaskReplayBuffers(K, per_call + 3 * env.horizon, obs_dim, act_dim)
+        self.start_buf = TaskReplayBuffers(K, max(args.replay_buffer_size // env.horizon, 1), obs_dim, act_dim)
+        self.log_z = np.zeros(K)  # Algorithm 1's log Z: refreshed after each iteration's collection, zeros before
+        self.cleared = np.zeros(K, bool)
+        self.reward_model = self.reward_optim = None
+        if args.learned_reward:  # r(s, a, task): an MLP like the critics (Fig. 8c/d, see the block below)
+            self.reward_model = Critic(obs_dim + act_dim + env.task_dim, args.net_size).to(device)
+            self.reward_optim = torch.optim.Adam(self.reward_model.parameters(), lr=args.learning_rate)
+        self.seconds, self.stats = 0.0, dict.fromkeys(("trajs", "relabeled", "steps", "moved", "decisions",
+                                                       "entropy", "log_z"), 0.0)
+
+    def tensor(self, x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x, np.float32), device=self.device)
+
+    def begin_iteration(self) -> None:
+        self.cleared[:] = False
+
+    def rewrite(self, traj: dict):
+        """Hindsight (Algorithm 1, ComputeUtility: r_t -> r_psi(s_t, a_t)): (reward the encoder sees, critic reward,
+        terminated) of traj under every train task, (K, T) each, from env.evaluate."""
+        rew, critic, done = trajectory_rewards(self.env, traj, self.tasks[:, None], self.args)
+        if self.reward_model is not None:  # Fig. 8c/d
+            rew = critic = self.predicted_reward(traj)
+        return rew, critic, done
+
+    def hfr_distribution(self, traj: dict, rew: np.ndarray, rng) -> np.ndarray:
+        """Foresight: Algorithm 1 for one trajectory, U_j for every task j in one batched pass (Eq. 9), then the
+        probabilities of Eq. 8. -> (1, K)"""
+        K, col = len(self.tasks), self.obs_dim + self.act_dim
+        context = np.repeat(pack(traj, rew[0])[None], K, 0)
+        context[:, :, col] = rew  # hindsight: r_t replaced by r_psi_j(s_t, a_t), task j in row j
+        start_obs = self.start_buf.sample(np.arange(K), self.args.utility_batch_size, rng)[..., :self.obs_dim]
+        u = utility(self.agent, self.tensor(context[..., :self.ctx_dim]), self.tensor(start_obs)).cpu().numpy()
+        return self.softmax(u[None], self.log_z)
+
+    def softmax(self, u: np.ndarray, log_z) -> np.ndarray:
+        """Eq. 8 over the train tasks (last axis); --no-partition and --hardmax are in the block below."""
+        if not self.args.partition or self.args.hardmax:
+            return self.ablated_distribution(u, log_z)
+        return relabel_distribution(u, log_z, self.args.epsilon)
+
+    @torch.inference_mode()
+    def update_log_partition(self, rng) -> None:
+        """Algorithm 1, GetLogPartition, for all tasks at once: log Z_j = log mean_m exp U_j(tau_m), tau_m = H
+        transitions of task j's recent original data. Once per iteration after collection, as the authors, so the
+        next iteration relabels with it."""
+        if self.args.relabel != "hfr" or not self.args.partition:
+            return
+        t0 = time.time()
+        tasks = np.flatnonzero((self.orig_buf.size > 0) & (self.start_buf.size > 0))
+        u = []
+        for _ in range(self.args.log_partition_samples):  # one batched pass over all tasks per draw
+            context = self.orig_buf.sample(tasks, self.env.horizon, rng)[..., :self.ctx_dim]
+            start_obs = self.start_buf.sample(tasks, self.args.utility_batch_size, rng)[..., :self.obs_dim]
+            u.append(utility(self.agent, self.tensor(context), self.tensor(start_obs)))
+        self.log_z[tasks] = log_mean_exp(torch.stack(u), 0).cpu().numpy()
+        self.seconds += time.time() - t0
+
+    def store(self, batch: list[dict], task_idx: int, add_to_encoder: bool, may_relabel: bool, rng) -> None:
+        """§4.2: one collection call's trajectories (already scored under their own task by collect_data) go to
+        their task's buffers or, relabeled, each to the buffers of a task drawn from q(psi | tau)."""
+        for traj in batch:  # the originals always go to the task's recent-data buffer
+            self.orig_buf.add_trajectory(task_idx, pack(traj, traj["rew"]))
+        mode, n = self.args.relabel, len(batch)
+        relabel = may_relabel and mode != "none" and (mode == "random" or rng.random() < self.args.relabel_prob)
+        self.stats["trajs"] += n if may_relabel else 0
+        if not relabel:
+            for traj in batch:
+                self.add(np.full(len(traj["rew"]), task_idx), traj, traj["rew"], traj["critic_rew"], traj["done"],
+                         add_to_encoder=add_to_encoder)
+            return
+        t0 = time.time()
+        for traj in batch:
+            rew, critic, done = self.rewrite(traj)
+            q = self.hfr_distribution(traj, rew, rng) if mode == "hfr" else self.baseline_distribution(traj, rng)
+            T = len(traj["rew"])
+            dest = np.broadcast_to(sample_categorical(q, rng), (T,))  # a task per trajectory (per transition: HIPI)
+            t = np.arange(T)
+            self.add(dest, traj, rew[dest, t], critic[dest, t], done[dest, t], add_to_encoder=add_to_encoder)
+            self.stats["relabeled"] += 1
+            self.stats["steps"] += T
+            self.stats["moved"] += (dest != task_idx).sum()
+            self.stats["decisions"] += len(q)
+            self.stats["entropy"] += entropy(q).sum()
+        self.seconds += time.time() - t0
+
+    def add(self, dest: np.ndarray, traj: dict, rew, critic_rew, done, *, add_to_encoder: bool) -> None:
+        """Transition t of traj, with the given rewards and terminals, into task dest[t]'s buffers."""
+        traj = dict(traj, done=done)
+        rl_rows, enc_rows = pack(traj, critic_rew), pack(traj, rew)
+        self.start_buf.add_trajectory(dest[0], rl_rows[:1])
+        for j in np.unique(dest):  # insertion only: one slice per receiving task (a single one unless HIPI)
+            self.rl_buf.add_trajectory(j, rl_rows[dest == j])
+            if add_to_encoder:
+                if not self.cleared[j]:
+                    self.enc_buf.clear(j)
+                    self.cleared[j] = True
+                self.enc_buf.add_trajectory(j, enc_rows[dest == j])
+
+    def pop_stats(self) -> dict:
+        """relabel/* and time/relabel of the iteration (then reset): the share of collected trajectories that went
+        through the relabeler, the share of their transitions that changed task, the mean entropy of q, the mean
+        log Z, and the relabeler's seconds (part of time/collect, and of time/update with --learned-reward)."""
+        s = self.stats
+        log_z = self.log_z.mean() if self.args.relabel == "hfr" else s["log_z"] / max(s["relabeled"], 1)
+        out = {"relabel/fraction_relabeled": s["relabeled"] / max(s["trajs"], 1),
+               "relabel/fraction_to_other_task": s["moved"] / max(s["steps"], 1),
+               "relabel/entropy": s["entropy"] / max(s["decisions"], 1), "relabel/log_z_mean": float(log_z),
+               "time/relabel": self.seconds}
+        self.stats, self.seconds = dict.fromkeys(s, 0.0), 0.0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"orig_buf": self.orig_buf.state_dict(), "start_buf": self.start_buf.state_dict(),
+                "log_z": self.log_z.copy(), "cleared": self.cleared.copy(),
+                "reward_model": None if self.reward_model is None else self.reward_model.state_dict(),
+                "reward_optim": None if self.reward_optim is None else self.reward_optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.orig_buf.load_state_dict(state["orig_buf"]), self.start_buf.load_state_dict(state["start_buf"])
+        self.log_z[:], self.cleared[:] = state["log_z"], state["cleared"]
+        if self.reward_model is not None:
+            self.reward_model.load_state_dict(state["reward_model"])
+            self.reward_optim.load_state_dict(state["reward_optim"])
+
+    # ---- baselines and ablations (not part of Algorithm 1) ----------------------------------------------------
+    @torch.inference_mode()
+    def baseline_distribution(self, traj: dict, rng) -> np.ndarray:
+        """--relabel random: a uniform task per trajectory, (1, K). --relabel hipi, as the authors ran HIPI inside
+        their code (relabel_hipi), per transition, (T, K): z_j from a context batch of task j's encoder buffer,
+        Q_j(s_t, a_t) = min(Q1, Q2)(s_t, a_t, z_j), log Z_j = log mean_t exp Q_j, p(j | s_t, a_t) ~ exp(Q_j - log Z_j)."""
+        K, T = len(self.tasks), len(traj["obs"])
+        if self.args.relabel == "random":
+            return np.full((1, K), 1.0 / K)
+        context = self.enc_buf.sample(np.arange(K), self.args.embedding_batch_size, rng)
+        z = sample_z(*self.agent.encoder(self.tensor(context[..., :self.ctx_dim])))
+        obs, act = (self.tensor(traj[k]).expand(K, T, -1) for k in ("obs", "act"))
+        s_a_z = torch.cat([obs, act, z[:, None].expand(K, T, -1)], -1)
+        q = torch.min(self.agent.qf1(s_a_z), self.agent.qf2(s_a_z)).float()[..., 0]
+        log_z = log_mean_exp(q, 1).cpu().numpy()
+        self.stats["log_z"] += log_z.mean()
+        return self.softmax(q.T.cpu().numpy(), log_z)
+
+    def ablated_distribution(self, u: np.ndarray, log_z) -> np.ndarray:
+        """--no-partition (Fig. 8b): Eq. 8 without log Z; --hardmax (Fig. 8e-h, §5.2's epsilon -> 0): all the mass
+        on the argmax of U - log Z."""
+        log_z = np.asarray(log_z if self.args.partition else 0.0, np.float64)
+        logits = (np.asarray(u, np.float64) - log_z) / self.args.epsilon
+        if self.args.hardmax:
+            return np.eye(logits.shape[-1])[logits.argmax(-1)]
+        return relabel_distribution(logits, 0.0)
+
+    @torch.inference_mode()
+    def predicted_reward(self, traj: dict) -> np.ndarray:
+        """--learned-reward (Fig. 8c/d): r(s, a, task) of the reward model for every train task, (K, T)."""
+        K, T = len(self.tasks), len(traj["obs"])
+        obs, act = (self.tensor(traj[k]).expand(K, T, -1) for k in ("obs", "act"))
+        x = torch.cat([obs, act, self.tensor(self.tasks)[:, None].expand(K, T, -1)], -1)
+        return self.reward_model(x)[..., 0].cpu().numpy()
+
+    def reward_model_step(self, batch: torch.Tensor, tasks: np.ndarray) -> torch.Tensor:
+        """Fit r(s, a, task) by MSE to the RL batch of a gradient step, as the authors train theirs beside Q."""
+        t0 = time.time()
+        o, a = self.obs_dim, self.obs_dim + self.act_dim
+        task = self.tensor(self.tasks[tasks])[:, None].expand(-1, batch.shape[1], -1)
+        loss = F.mse_loss(self.reward_model(torch.cat([batch[..., :a], task], -1))[..., 0], batch[..., a])
+        self.reward_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.reward_optim.step()
+        self.seconds += time.time() - t0
+        return loss.detach()
+
+
+# ---------------------------------------------------------------------------------------------- Alg. 1: collect data
+@torch.inference_mode()
+def rollout(env, agent: PEARL, z: torch.Tensor, device, *, deterministic: bool, render: bool = False) -> dict:
+    """One episode of the current task with a fixed z; the final transition is kept (oyster commit 062870e)."""
+    obs, _ = env.reset()
+    steps, frames, success = [], [], False
+    while True:
+        s = torch.as_tensor(obs, device=device)[None]
+        a = agent.policy.act(s, z, deterministic=deterministic)[0].cpu().numpy()
+
+        next_obs, r, term, trunc, info = env.step(a)
+        steps.append((obs, a, r, next_obs, term))
+        success = success or bool(info.get("success", False))
+        if render:
+            frames.append(env.render())
+        obs = next_obs
+        if term or trunc:
+            break
+    o, a, r, o2, d = (np.array(x) for x in zip(*steps))
+    return {"obs": o, "act": a, "rew": r, "next_obs": o2, "done": d, "return": float(r.sum()),
+            "success": success, "frames": frames}
+
+
+@torch.inference_mode()
+def infer_posterior(agent: PEARL, context: np.ndarray, ctx_dim: int, device) -> torch.Tensor:
+    """z ~ q(z | c) for one task from buffer rows (N, width): the first ctx_dim columns are (s, a, r[, s'])."""
+    mu, var = agent.encoder(torch.as_tensor(context[None, :, :ctx_dim], device=device))
+    return sample_z(mu, var)
+
+
+def collect_data(env, agent, task_idx, task, n_samples, relabeler, args, ctx_dim, rng, device, *,
+                 update_posterior: bool, add_to_encoder: bool, may_relabel: bool) -> list[dict]:
+    """Alg. 1's "sample z ~ q(z|c), gather data, update c" (oyster's collect_data): whole trajectories from
+    z ~ prior (a new z each trajectory) until n_samples transitions; with update_posterior, z is re-inferred after
+    every trajectory from a fresh context batch of the task's recent original data (HFR: its encoder buffer may
+    hold relabeled data). Returns the trajectories (stored, through the relabeler)."""
+    env.set_task(task)
+    z = torch.randn(1, args.latent_size, device=device)
+    trajs, n = [], 0
+    while n < n_samples:
+        batch = []
+        while n < n_samples:  # prior phase: one call for all its trajectories; posterior phase: one each
+            traj = rollout(env, agent, z, device, deterministic=False)
+            traj["rew"], traj["critic_rew"], traj["done"] = trajectory_rewards(env, traj, task, args)
+            batch.append(traj)
+            n += len(traj["rew"])
+            if update_posterior:
+                break
+            z = torch.randn_like(z)  # a new z from the prior for every trajectory
+        # ---- add to buffers (HFR): the call's trajectories go, whole, to the RL buffer (critic reward) and, unless
+        # these are extra RL steps, to the encoder buffer (the reward the agent sees) of their own task or, for a
+        # relabeled call, of the task the relabeler draws for each
+        relabeler.store(batch, task_idx, add_to_encoder, may_relabel, rng)
+        trajs += batch
+        if update_posterior:
+            z = infer_posterior(agent, relabeler.orig_buf.sample(np.array([task_idx]), args.embedding_batch_size,
+                                                                 rng)[0], ctx_dim, device)
+    return trajs
+
+
+def collect_for_task(env, agent, task_idx, task, relabeler, args, ctx_dim, rng, device) -> list[dict]:
+    """One sampled task's data in an iteration (oyster rl_algorithm.train): its recent-data buffer is cleared
+    first (its encoder buffer when data first reaches it, see Relabeler), so the context always comes from recent
+    data; then prior, posterior and extra RL-only posterior steps."""
+    relabeler.orig_buf.clear(task_idx)
+    trajs = []
+    for n, posterior, to_enc in ((args.num_steps_prior, False, True), (args.num_steps_posterior, True, True),
+                                 (args.num_extra_rl_steps_posterior, True, False)):
+        if n > 0:
+            trajs += collect_data(env, agent, task_idx, task, n, relabeler, args, ctx_dim, rng, device,
+                                  update_posterior=posterior, add_to_encoder=to_enc, may_relabel=True)
+    return trajs
+
+
+# ---------------------------------------------------------------------------------------------- Alg. 1: gradient step
+def critic_and_encoder_loss(agent: PEARL, obs, act, rew, next_obs, done, context, args: Args):
+    """Eq. 3 (Q loss, the only loss besides the KL that reaches the encoder) + Eq. 1's kl_lambda * KL summed over
+    the meta-batch. RL inputs are (tasks * batch, .) rows, task-major; the context is (tasks, embedding batch, .)."""
+    mu, var = agent.encoder(context)
+    z = sample_z(mu, var).repeat_interleave(obs.shape[0] // mu.shape[0], 0)  # one z per task, for all its rows
+    s_a_z = torch.cat([obs, act, z], -1)
+    q1, q2 = agent.qf1(s_a_z).float(), agent.qf2(s_a_z).float()
+    with torch.no_grad():
+        v_next = agent.target_vf(torch.cat([next_obs, z], -1)).float()
+        q_target = args.reward_scale * rew + (1.0 - done) * args.discount * v_next
+    qf_loss = F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)
+    if var is None:  # deterministic encoder: no information bottleneck
+        return qf_loss, torch.zeros((), device=obs.device), z.detach(), {"q1": q1.mean().detach()}
+    kl_loss = args.kl_lambda * kl_to_standard_normal(mu, var).sum()  # summed over tasks, as the authors
+    return qf_loss, kl_loss, z.detach(), {"q1": q1.mean().detach(), "z_var": var.mean().detach()}
+
+
+def actor_and_value_loss(agent: PEARL, obs, z, args: Args):
+    """SAC-v1 V loss and the policy loss (Eq. 4), with z detached (the encoder learns only from Eq. 3 + KL).
+    Called after the Q step, so both see the updated Q, as in the authors' code. The Q weights are frozen here:
+    the policy needs dQ/da, not dQ/dtheta, which saves a third of the Q backward."""
+    action, log_pi, mean, log_std = agent.policy(obs, z)
+    for q in (agent.qf1, agent.qf2):
+        q.requires_grad_(False)
+    s_a_z = torch.cat([obs, action, z], -1)
+    min_q = torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float()
+    for q in (agent.qf1, agent.qf2):
+        q.requires_grad_(True)
+    vf_loss = F.mse_loss(agent.vf(torch.cat([obs, z], -1)).float(), (min_q - log_pi).detach())
+    policy_loss = ((log_pi - min_q).mean() + args.policy_mean_reg_weight * mean.square().mean()
+                   + args.policy_std_reg_weight * log_std.square().mean())
+    return vf_loss, policy_loss, {"log_pi": log_pi.mean().detach()}
+
+
+def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torch.Tensor, args: Args,
+                  obs_dim: int, act_dim: int) -> dict:
+    """One PEARL gradient step on the whole meta-batch: batch (tasks, batch_size, width) rows of the RL buffers,
+    context (tasks, embedding_batch_size, ctx_dim). Returns the losses as 0-d tensors (no host sync)."""
+    o, a = obs_dim, obs_dim + act_dim
+    batch = batch.reshape(-1, batch.shape[-1])  # 2-D rows: in-place ReLUs on 3-D views would cost copies
+    obs, act, rew, next_obs, done = (batch[:, :o], batch[:, o:a], batch[:, a:a + 1], batch[:, a + 1:a + 1 + o],
+                                     batch[:, -1:])
+    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    with autocast:
+        qf_loss, kl_loss, z, stats = critic_and_encoder_loss(agent, obs, act, rew, next_obs, done, context, args)
+    for k in ("qf", "encoder"):
+        optims[k].zero_grad(set_to_none=True)
+    (qf_loss + kl_loss).backward()
+    optims["qf"].step(), optims["encoder"].step()
+
+    with autocast:
+        vf_loss, policy_loss, stats2 = actor_and_value_loss(agent, obs, z, args)
+    for k in ("vf", "policy"):
+        optims[k].zero_grad(set_to_none=True)
+    (vf_loss + policy_loss).backward()  # disjoint parameters: one backward = the authors' two
+    optims["vf"].step(), optims["policy"].step()
+    with torch.no_grad():
+        tgt, src = list(agent.target_vf.parameters()), list(agent.vf.parameters())
+        torch._foreach_lerp_(tgt, src, args.soft_target_tau)
+    return {"qf_loss": qf_loss.detach(), "kl_loss": kl_loss.detach(), "vf_loss": vf_loss.detach(),
+            "policy_loss": policy_loss.detach(), **stats, **stats2}
+
+
+# ---------------------------------------------------------------------------------------------- Alg. 2: meta-test
+@torch.inference_mode()
+def meta_test_run(env, agent, task, args, ctx_dim, device, *, render: bool = False) -> dict:
+    """Alg. 2 as the authors run it for one task (rl_algorithm.collect_paths): trajectories until num_steps_per_eval
+    transitions, deterministic actions; z ~ prior (resampled each trajectory) for the first num_exp_traj_eval
+    trajectories, then z from the posterior of ALL context gathered online, re-inferred after every trajectory."""
+    env.set_task(task)
+    z, z_from = torch.randn(1, args.latent_size, device=device), "prior"
+    context, trajs, z_source, n = [], [], [], 0
+    while n < args.num_steps_per_eval:
+        last = n + env.horizon >= args.num_steps_per_eval  # render only what can be the last trajectory
+        traj = rollout(env, agent, z, device, deterministic=True, render=render and last)
+        context.append(pack(traj, traj["rew"]))
+        trajs.append(traj)
+        z_source.append(z_from)
+        n += len(traj["rew"])
+        if len(trajs) >= args.num_exp_traj_eval:
+            z, z_from = infer_posterior(agent, np.concatenate(context), ctx_dim, device), "posterior"
+        else:
+            z = torch.randn_like(z)
+    return {"returns": [t["return"] for t in trajs], "success": [t["success"] for t in trajs], "z_source": z_source,
+            "frames": trajs[-1]["frames"]}
+
+
+def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
+    """Mean over tasks of (mean over num_evals runs of the LAST trajectory's return), as the authors report; the
+    mean return with z from the prior (the level before adaptation); success of the last trajectory; the online
+    returns per trajectory index."""
+    last, prior, succ, any_succ, online = [], [], [], [], []
+    for task in tasks:
+        runs = [meta_test_run(env, agent, task, args, ctx_dim, device) for _ in range(args.num_evals)]
+        last.append(np.mean([r["returns"][-1] for r in runs]))
+        prior.append(np.mean([ret for r in runs for ret, z in zip(r["returns"], r["z_source"]) if z == "prior"]))
+        succ.append(np.mean([r["success"][-1] for r in runs]))
+        any_succ.append(np.mean([any(r["success"]) for r in runs]))
+        k = min(len(r["returns"]) for r in runs)
+        online.append(np.mean([r["returns"][:k] for r in runs], 0))
+    k = min(len(o) for o in online)
+    return {"return": float(np.mean(last)), "return_prior": float(np.mean(prior)), "success_rate": float(np.mean(succ)),
+            "success_rate_any_trajectory": float(np.mean(any_succ)),
+            "online_returns": np.mean([o[:k] for o in online], 0).round(4).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
 # The authors' configs (reference: oyster configs/default.py + configs/*.json; HFR configs/*.json for the
 # families HFR added). Keys left out take DEFAULTS. Envs not listed get DEFAULTS with 3 trajectories per eval run.
 DEFAULTS = dict(num_iterations=500, meta_batch=16, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400,
@@ -264,585 +854,6 @@ def resolve_hfr_args(args: Args, env: envs.TaskEnv) -> Args:
     return args
 
 
-# ---------------------------------------------------------------------------------------------- networks
-def mlp(sizes: list[int], last_init: float) -> nn.Sequential:
-    """rlkit's Mlp: ReLU hidden layers with its `fanin_init` (U(+-1/sqrt(size[0])) of the (out, in) weight, i.e.
-    the fan-out, kept as the authors ran it) and biases 0.1; last layer U(+-last_init) for weight and bias."""
-    layers = []
-    for i in range(len(sizes) - 1):
-        lin = nn.Linear(sizes[i], sizes[i + 1])
-        if i < len(sizes) - 2:
-            nn.init.uniform_(lin.weight, -1 / np.sqrt(lin.weight.shape[0]), 1 / np.sqrt(lin.weight.shape[0]))
-            nn.init.constant_(lin.bias, 0.1)
-            layers += [lin, nn.ReLU(inplace=True)]
-        else:
-            nn.init.uniform_(lin.weight, -last_init, last_init)
-            nn.init.uniform_(lin.bias, -last_init, last_init)
-            layers.append(lin)
-    return nn.Sequential(*layers)
-
-
-def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior of independent factors N(mu_n, var_n) over the context axis -2 (PEARL §4.1):
-    var = 1 / sum_n 1/var_n,  mu = var * sum_n mu_n / var_n."""
-    var = var.clamp(min=1e-7)
-    post_var = 1.0 / torch.reciprocal(var).sum(-2)
-    return post_var * (mu / var).sum(-2), post_var
-
-
-def kl_to_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """KL( N(mu, diag var) || N(0, I) ), summed over the latent dims: 0.5 sum(var + mu^2 - 1 - log var)."""
-    return 0.5 * (var + mu.square() - 1.0 - var.log()).sum(-1)
-
-
-class ContextEncoder(nn.Module):
-    """q(z | c): an MLP 3x200 per context transition; with the information bottleneck each transition gives a
-    Gaussian factor (mean, softplus variance) and the posterior is their product; without it z is the mean
-    of the outputs (a deterministic z)."""
-
-    def __init__(self, ctx_dim: int, latent: int, hidden: int, ib: bool):
-        super().__init__()
-        self.latent, self.ib = latent, ib
-        self.net = mlp([ctx_dim, hidden, hidden, hidden, 2 * latent if ib else latent], 3e-3)
-
-    def forward(self, context: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """context (..., N, ctx_dim) -> posterior mean and variance (..., latent), in float32."""
-        out = self.net(context).float()
-        if not self.ib:
-            return out.mean(-2), None
-        return product_of_gaussians(out[..., : self.latent], F.softplus(out[..., self.latent:]))
-
-
-def sample_z(mu: torch.Tensor, var: Optional[torch.Tensor]) -> torch.Tensor:
-    """One reparameterized z per task (the mean itself without the information bottleneck)."""
-    return mu if var is None else mu + var.sqrt() * torch.randn_like(mu)
-
-
-class TanhGaussianPolicy(nn.Module):
-    """pi(a | s, z): MLP 3x300 -> mean and log-std (clamped to [-20, 2]); a = tanh(mean + std * eps)."""
-
-    def __init__(self, obs_dim: int, latent: int, act_dim: int, hidden: int):
-        super().__init__()
-        self.act_dim = act_dim
-        self.net = mlp([obs_dim + latent, hidden, hidden, hidden, 2 * act_dim], 1e-3)
-
-    def mean_log_std(self, obs: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([obs, z], -1)).float()
-        return out[..., : self.act_dim], out[..., self.act_dim:].clamp(-20.0, 2.0)
-
-    def forward(self, obs: torch.Tensor, z: torch.Tensor):
-        """Reparameterized action, its log-prob (float32) and the pre-squash mean / log-std (regularized)."""
-        mean, log_std = self.mean_log_std(obs, z)
-        eps = torch.randn_like(mean)
-        pre_tanh = mean + log_std.exp() * eps
-        action = torch.tanh(pre_tanh)
-        # log N(pre_tanh; mean, std) - log(1 - tanh^2 + 1e-6), rlkit's TanhNormal with its epsilon
-        log_pi = (-0.5 * eps.square() - log_std - 0.5 * np.log(2 * np.pi)
-                  - torch.log(1.0 - action.square() + 1e-6)).sum(-1, keepdim=True)
-        return action, log_pi, mean, log_std
-
-    def act(self, obs: torch.Tensor, z: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        mean, log_std = self.mean_log_std(obs, z)
-        return torch.tanh(mean if deterministic else mean + log_std.exp() * torch.randn_like(mean))
-
-
-class Critic(nn.Module):
-    """An MLP 3x300 on a concatenated input: Q([s, a, z]) or V([s, z])."""
-
-    def __init__(self, in_dim: int, hidden: int):
-        super().__init__()
-        self.net = mlp([in_dim, hidden, hidden, hidden, 1], 3e-3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class PEARL(nn.Module):
-    """All networks of the agent: encoder, policy, twin Q, V and the Polyak-averaged target V."""
-
-    def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args):
-        super().__init__()
-        L, h = args.latent_size, args.net_size
-        self.encoder = ContextEncoder(ctx_dim, L, args.encoder_size, args.use_information_bottleneck)
-        self.policy = TanhGaussianPolicy(obs_dim, L, act_dim, h)
-        self.qf1, self.qf2 = Critic(obs_dim + act_dim + L, h), Critic(obs_dim + act_dim + L, h)
-        self.vf, self.target_vf = Critic(obs_dim + L, h), Critic(obs_dim + L, h)
-        self.target_vf.load_state_dict(self.vf.state_dict())
-        self.target_vf.requires_grad_(False)
-
-
-def make_optimizers(agent: PEARL, lr: float) -> dict[str, torch.optim.Optimizer]:
-    """Separate Adams as the authors' code (one for both Q nets: Adam is per-parameter, so this equals two).
-    fused=True: one kernel per optimizer step instead of a dozen passes over the parameters."""
-    kw = dict(lr=lr, fused=True)
-    return {"qf": torch.optim.Adam([*agent.qf1.parameters(), *agent.qf2.parameters()], **kw),
-            "encoder": torch.optim.Adam(agent.encoder.parameters(), **kw),
-            "vf": torch.optim.Adam(agent.vf.parameters(), **kw),
-            "policy": torch.optim.Adam(agent.policy.parameters(), **kw)}
-
-
-# ---------------------------------------------------------------------------------------------- replay buffers
-class TaskReplayBuffers:
-    """One FIFO buffer per train task, preallocated as (tasks, capacity, width) float32. A row packs a transition
-    as [obs, act, reward, next_obs, done], so the encoder's context (s, a, r[, s']) is a prefix of the row.
-    Whole trajectories go in (`add_trajectory`), random transitions of many tasks come out in one gather."""
-
-    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, act_dim: int):
-        self.capacity, self.width = capacity, 2 * obs_dim + act_dim + 2
-        self.data = np.zeros((n_tasks, capacity, self.width), np.float32)
-        self.size = np.zeros(n_tasks, np.int64)
-        self.ptr = np.zeros(n_tasks, np.int64)
-
-    def add_trajectory(self, task: int, rows: np.ndarray) -> None:
-        idx = (self.ptr[task] + np.arange(len(rows))) % self.capacity
-        self.data[task, idx] = rows
-        self.ptr[task] = (self.ptr[task] + len(rows)) % self.capacity
-        self.size[task] = min(self.size[task] + len(rows), self.capacity)
-
-    def clear(self, task: int) -> None:
-        self.size[task] = self.ptr[task] = 0
-
-    def sample(self, tasks: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(len(tasks), n, width): n transitions drawn uniformly with replacement from each task's buffer."""
-        idx = rng.integers(0, self.size[tasks][:, None], size=(len(tasks), n))
-        return self.data[tasks[:, None], idx]
-
-    def state_dict(self) -> dict:
-        return {"rows": [self.data[t, : self.size[t]].copy() for t in range(len(self.size))],
-                "size": self.size.copy(), "ptr": self.ptr.copy()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.size[:], self.ptr[:] = state["size"], state["ptr"]
-        for t, rows in enumerate(state["rows"]):
-            self.data[t, : len(rows)] = rows
-
-
-def pack(traj: dict, reward: np.ndarray) -> np.ndarray:
-    """Buffer rows [obs, act, reward, next_obs, done] of a trajectory, with the given reward column."""
-    return np.concatenate([traj["obs"], traj["act"], reward[:, None], traj["next_obs"], traj["done"][:, None]],
-                          1, dtype=np.float32)
-
-
-def delay_rewards(rew: np.ndarray, delay: int) -> np.ndarray:
-    """Per-step rewards (..., T) of one whole episode as envs.DelayedReward pays them: zero, except the sum of
-    the last `delay` steps at every delay-th step and the sum of the remainder at the final step."""
-    if delay == 1:
-        return rew
-    paid = np.zeros(rew.shape[-1], dtype=bool)
-    paid[delay - 1::delay] = paid[-1] = True
-    cumulative = np.cumsum(rew, -1)[..., paid]
-    out = np.zeros_like(rew)
-    out[..., paid] = np.diff(cumulative, axis=-1, prepend=0.0)
-    return out
-
-
-def trajectory_rewards(env: envs.TaskEnv, traj: dict, task: np.ndarray, args: Args):
-    """(reward the encoder sees, reward the critic is trained on, terminated) of a whole episode under `task`;
-    env.evaluate gives per-step rewards, so a delayed-reward run delays them here as the env wrapper did."""
-    rew, done = env.evaluate(traj["obs"], traj["act"], traj["next_obs"], task)
-    critic = env.evaluate_dense(traj["obs"], traj["act"], traj["next_obs"], task) if args.critic_dense_reward else rew
-    return delay_rewards(rew, args.reward_delay), delay_rewards(critic, args.reward_delay), done
-
-
-# ---------------------------------------------------------------------------------------------- the update
-def critic_and_encoder_loss(agent: PEARL, obs, act, rew, next_obs, done, context, args: Args):
-    """Eq. 3 (Q loss, the only loss besides the KL that reaches the encoder) + kl_lambda * KL summed over the
-    meta-batch. RL inputs are (tasks * batch, .) rows, task-major; the context is (tasks, embedding batch, .)."""
-    mu, var = agent.encoder(context)
-    z = sample_z(mu, var).repeat_interleave(obs.shape[0] // mu.shape[0], 0)  # one z per task, for all its rows
-    s_a_z = torch.cat([obs, act, z], -1)
-    q1, q2 = agent.qf1(s_a_z).float(), agent.qf2(s_a_z).float()
-    with torch.no_grad():
-        v_next = agent.target_vf(torch.cat([next_obs, z], -1)).float()
-        q_target = args.reward_scale * rew + (1.0 - done) * args.discount * v_next
-    qf_loss = F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)
-    if var is None:  # deterministic encoder: no information bottleneck
-        return qf_loss, torch.zeros((), device=obs.device), z.detach(), {"q1": q1.mean().detach()}
-    kl_loss = args.kl_lambda * kl_to_standard_normal(mu, var).sum()  # summed over tasks, as the authors
-    return qf_loss, kl_loss, z.detach(), {"q1": q1.mean().detach(), "z_var": var.mean().detach()}
-
-
-def actor_and_value_loss(agent: PEARL, obs, z, args: Args):
-    """SAC-v1 V loss and the policy loss (Eq. 2), with z detached (the encoder learns only from Eq. 3 + KL).
-    Called after the Q step, so both see the updated Q, as in the authors' code. The Q weights are frozen here:
-    the policy needs dQ/da, not dQ/dtheta, which saves a third of the Q backward."""
-    action, log_pi, mean, log_std = agent.policy(obs, z)
-    for q in (agent.qf1, agent.qf2):
-        q.requires_grad_(False)
-    s_a_z = torch.cat([obs, action, z], -1)
-    min_q = torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float()
-    for q in (agent.qf1, agent.qf2):
-        q.requires_grad_(True)
-    vf_loss = F.mse_loss(agent.vf(torch.cat([obs, z], -1)).float(), (min_q - log_pi).detach())
-    policy_loss = ((log_pi - min_q).mean() + args.policy_mean_reg_weight * mean.square().mean()
-                   + args.policy_std_reg_weight * log_std.square().mean())
-    return vf_loss, policy_loss, {"log_pi": log_pi.mean().detach()}
-
-
-def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torch.Tensor, args: Args,
-                  obs_dim: int, act_dim: int) -> dict:
-    """One PEARL gradient step on the whole meta-batch: batch (tasks, batch_size, width) rows of the RL buffers,
-    context (tasks, embedding_batch_size, ctx_dim). Returns the losses as 0-d tensors (no host sync)."""
-    o, a = obs_dim, obs_dim + act_dim
-    batch = batch.reshape(-1, batch.shape[-1])  # 2-D rows: in-place ReLUs on 3-D views would cost copies
-    obs, act, rew, next_obs, done = (batch[:, :o], batch[:, o:a], batch[:, a:a + 1], batch[:, a + 1:a + 1 + o],
-                                     batch[:, -1:])
-    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    with autocast:
-        qf_loss, kl_loss, z, stats = critic_and_encoder_loss(agent, obs, act, rew, next_obs, done, context, args)
-    for k in ("qf", "encoder"):
-        optims[k].zero_grad(set_to_none=True)
-    (qf_loss + kl_loss).backward()
-    optims["qf"].step(), optims["encoder"].step()
-
-    with autocast:
-        vf_loss, policy_loss, stats2 = actor_and_value_loss(agent, obs, z, args)
-    for k in ("vf", "policy"):
-        optims[k].zero_grad(set_to_none=True)
-    (vf_loss + policy_loss).backward()  # disjoint parameters: one backward = the authors' two
-    optims["vf"].step(), optims["policy"].step()
-    with torch.no_grad():
-        tgt, src = list(agent.target_vf.parameters()), list(agent.vf.parameters())
-        torch._foreach_lerp_(tgt, src, args.soft_target_tau)
-    return {"qf_loss": qf_loss.detach(), "kl_loss": kl_loss.detach(), "vf_loss": vf_loss.detach(),
-            "policy_loss": policy_loss.detach(), **stats, **stats2}
-
-
-# ---------------------------------------------------------------------------------------------- the relabeler (HFR)
-def relabel_distribution(utility, log_z, epsilon: float = 1.0, hardmax: bool = False) -> np.ndarray:
-    """Eq. 8 with the temperature of §5.2: q(j | tau) = softmax_j((U_j(tau) - log Z_j) / epsilon) over the last
-    axis (the uniform prior p(psi) cancels); hardmax puts all the mass on the argmax (epsilon -> 0)."""
-    logits = (np.asarray(utility, np.float64) - np.asarray(log_z, np.float64)) / epsilon
-    if hardmax:
-        return np.eye(logits.shape[-1])[logits.argmax(-1)]
-    q = np.exp(logits - logits.max(-1, keepdims=True))
-    return q / q.sum(-1, keepdims=True)
-
-
-def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """log (1/M) sum_m exp(x_m) along dim: Algorithm 1's Monte-Carlo log Z, via a stable logsumexp."""
-    return torch.logsumexp(x, dim) - np.log(x.shape[dim])
-
-
-def sample_rows(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One index per row of q (..., K), drawn from that row's categorical distribution (inverse CDF)."""
-    cdf = q.cumsum(-1)
-    cdf[..., -1] = 1.0  # rounding must not leave a sliver of probability past the last task
-    return (cdf > rng.random(q.shape[:-1] + (1,))).argmax(-1)
-
-
-def entropy(q: np.ndarray) -> np.ndarray:
-    """H(q) in nats over the last axis (0 log 0 = 0)."""
-    return -(q * np.log(np.where(q > 0, q, 1.0))).sum(-1)
-
-
-@torch.inference_mode()
-def utility(agent: PEARL, context: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
-    """Eq. 9 (Algorithm 1, ComputeUtility) for a batch (...) of (trajectory, task) pairs at once: the trajectory
-    under the task's reward, context (..., T, ctx_dim), gives z ~ q(z | context) (the adaptation f_phi); the task's
-    start states start_obs (..., N, obs_dim) and a1 ~ pi(. | s1, z) give U = mean_n min(Q1, Q2)(s1_n, a1_n, z).
-    No -log pi term, as in the authors' code. One encoder pass and one policy / Q pass for all pairs."""
-    z = sample_z(*agent.encoder(context))[..., None, :].expand(*start_obs.shape[:-1], -1)
-    s_a_z = torch.cat([start_obs, agent.policy.act(start_obs, z, deterministic=False), z], -1)
-    return torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float().mean((-2, -1))
-
-
-@torch.inference_mode()
-def hipi_q_values(agent: PEARL, context: torch.Tensor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """HIPI's score as the authors ran it inside HFR: Q_j(s_t, a_t) = min(Q1, Q2)(s_t, a_t, z_j) with z_j inferred
-    from a context batch of task j's encoder buffer. context (K, B, ctx_dim), obs (T, obs_dim) -> (K, T)."""
-    z = sample_z(*agent.encoder(context))
-    K, T = z.shape[0], obs.shape[0]
-    s_a_z = torch.cat([obs.expand(K, T, -1), act.expand(K, T, -1), z[:, None].expand(K, T, -1)], -1)
-    return torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float()[..., 0]
-
-
-class Relabeler:
-    """Where collected trajectories go (the authors' relabel_hfr_q / relabel_hipi), and the state HFR keeps:
-      * orig_buf: per task, the ORIGINAL data of its latest collection (cleared when the task is sampled). The
-        collection posterior is inferred from it and log Z is estimated on it, since with relabeling a task's
-        encoder buffer also holds trajectories of other tasks.
-      * start_buf: the first transition of every trajectory stored in a task's RL buffer (s1 ~ B_psi of Eq. 9).
-      * encoder buffers are cleared lazily, the first time data (original or relabeled) reaches the task in an
-        iteration, so that relabeled data which arrives before the task's own collection is kept.
-    A collection call's trajectories are relabeled with probability relabel_prob (hfr, hipi; 'random': always;
-    the initial data: never). A relabeled trajectory goes ONLY to the chosen task's RL and encoder buffers."""
-
-    def __init__(self, env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, device):
-        K = len(train_tasks)
-        self.env, self.agent, self.tasks, self.rl_buf, self.enc_buf = env, agent, train_tasks, rl_buf, enc_buf
-        self.args, self.obs_dim, self.act_dim, self.ctx_dim, self.device = args, obs_dim, act_dim, ctx_dim, device
-        per_call = max(args.num_initial_steps,
-                       args.num_steps_prior + args.num_steps_posterior + args.num_extra_rl_steps_posterior)
-        self.orig_buf = TaskReplayBuffers(K, per_call + 3 * env.horizon, obs_dim, act_dim)
-        self.start_buf = TaskReplayBuffers(K, max(args.replay_buffer_size // env.horizon, 1), obs_dim, act_dim)
-        self.log_z = np.zeros(K)  # Algorithm 1's log Z: refreshed after each iteration's collection, zeros before
-        self.cleared = np.zeros(K, bool)
-        self.reward_model = self.reward_optim = None
-        if args.learned_reward:  # r(s, a, task): an MLP like the critics
-            self.reward_model = Critic(obs_dim + act_dim + env.task_dim, args.net_size).to(device)
-            self.reward_optim = torch.optim.Adam(self.reward_model.parameters(), lr=args.learning_rate)
-        self.seconds, self.stats = 0.0, dict.fromkeys(("trajs", "relabeled", "steps", "moved", "decisions",
-                                                       "entropy", "log_z"), 0.0)
-
-    def tensor(self, x) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(x, np.float32), device=self.device)
-
-    def begin_iteration(self) -> None:
-        self.cleared[:] = False
-
-    # ---- hindsight: the trajectory under every train task
-    def rewrite(self, traj: dict):
-        """(reward the encoder sees, critic reward, terminated) of traj under every train task, (K, T) each."""
-        rew, critic, done = trajectory_rewards(self.env, traj, self.tasks[:, None], self.args)
-        if self.reward_model is not None:
-            rew = critic = self.predicted_reward(traj)
-        return rew, critic, done
-
-    @torch.inference_mode()
-    def predicted_reward(self, traj: dict) -> np.ndarray:
-        K, T = len(self.tasks), len(traj["obs"])
-        obs, act = (self.tensor(traj[k]).expand(K, T, -1) for k in ("obs", "act"))
-        x = torch.cat([obs, act, self.tensor(self.tasks)[:, None].expand(K, T, -1)], -1)
-        return self.reward_model(x)[..., 0].cpu().numpy()
-
-    def reward_model_step(self, batch: torch.Tensor, tasks: np.ndarray) -> torch.Tensor:
-        """Fit r(s, a, task) by MSE to the RL batch of a gradient step, as the authors train theirs beside Q."""
-        t0 = time.time()
-        o, a = self.obs_dim, self.obs_dim + self.act_dim
-        task = self.tensor(self.tasks[tasks])[:, None].expand(-1, batch.shape[1], -1)
-        loss = F.mse_loss(self.reward_model(torch.cat([batch[..., :a], task], -1))[..., 0], batch[..., a])
-        self.reward_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.reward_optim.step()
-        self.seconds += time.time() - t0
-        return loss.detach()
-
-    # ---- foresight: the relabel distributions
-    def hfr_distribution(self, traj: dict, rew: np.ndarray, rng) -> np.ndarray:
-        """Algorithm 1 for one trajectory: U_j for every task j in one batched pass, then Eq. 8. -> (1, K)"""
-        K, col = len(self.tasks), self.obs_dim + self.act_dim
-        context = np.repeat(pack(traj, rew[0])[None], K, 0)
-        context[:, :, col] = rew  # hindsight: r_t replaced by r_psi_j(s_t, a_t), task j in row j
-        start_obs = self.start_buf.sample(np.arange(K), self.args.utility_batch_size, rng)[..., :self.obs_dim]
-        u = utility(self.agent, self.tensor(context[..., :self.ctx_dim]), self.tensor(start_obs)).cpu().numpy()
-        return relabel_distribution(u[None], self.log_z if self.args.partition else 0.0, self.args.epsilon,
-                                    self.args.hardmax)
-
-    def hipi_distribution(self, traj: dict, rng) -> np.ndarray:
-        """HIPI per transition: p(j | s_t, a_t) ~ exp(Q_j(s_t, a_t) - log Z_j), log Z_j = log mean_t exp Q_j.
-        -> (T, K)"""
-        context = self.enc_buf.sample(np.arange(len(self.tasks)), self.args.embedding_batch_size, rng)
-        q = hipi_q_values(self.agent, self.tensor(context[..., :self.ctx_dim]), self.tensor(traj["obs"]),
-                          self.tensor(traj["act"]))
-        log_z = log_mean_exp(q, 1).cpu().numpy()
-        self.stats["log_z"] += log_z.mean()
-        return relabel_distribution(q.T.cpu().numpy(), log_z if self.args.partition else 0.0, self.args.epsilon,
-                                    self.args.hardmax)
-
-    @torch.inference_mode()
-    def update_log_partition(self, rng) -> None:
-        """Algorithm 1, GetLogPartition, for all tasks at once: log Z_j = log mean_m exp U_j(tau_m), tau_m = H
-        transitions of task j's recent original data. Once per iteration after collection, as the authors, so the
-        next iteration relabels with it."""
-        if self.args.relabel != "hfr" or not self.args.partition:
-            return
-        t0 = time.time()
-        tasks = np.flatnonzero((self.orig_buf.size > 0) & (self.start_buf.size > 0))
-        u = []
-        for _ in range(self.args.log_partition_samples):  # one batched pass over all tasks per draw
-            context = self.orig_buf.sample(tasks, self.env.horizon, rng)[..., :self.ctx_dim]
-            start_obs = self.start_buf.sample(tasks, self.args.utility_batch_size, rng)[..., :self.obs_dim]
-            u.append(utility(self.agent, self.tensor(context), self.tensor(start_obs)))
-        self.log_z[tasks] = log_mean_exp(torch.stack(u), 0).cpu().numpy()
-        self.seconds += time.time() - t0
-
-    # ---- routing
-    def store(self, batch: list[dict], task_idx: int, add_to_encoder: bool, may_relabel: bool, rng) -> None:
-        """One collection call's trajectories, already scored under their own task by collect_data."""
-        for traj in batch:  # the originals always go to the task's recent-data buffer
-            self.orig_buf.add_trajectory(task_idx, pack(traj, traj["rew"]))
-        mode, n = self.args.relabel, len(batch)
-        relabel = may_relabel and mode != "none" and (mode == "random" or rng.random() < self.args.relabel_prob)
-        self.stats["trajs"] += n if may_relabel else 0
-        if not relabel:
-            for traj in batch:
-                self.add(np.full(len(traj["rew"]), task_idx), traj, traj["rew"], traj["critic_rew"], traj["done"],
-                         add_to_encoder)
-            return
-        t0 = time.time()
-        for traj in batch:
-            rew, critic, done = self.rewrite(traj)
-            if mode == "hfr":
-                q = self.hfr_distribution(traj, rew, rng)
-            elif mode == "hipi":
-                q = self.hipi_distribution(traj, rng)
-            else:
-                q = np.full((1, len(self.tasks)), 1.0 / len(self.tasks))
-            T = len(traj["rew"])
-            dest = np.broadcast_to(sample_rows(q, rng), (T,))  # a task per trajectory (per transition for HIPI)
-            t = np.arange(T)
-            self.add(dest, traj, rew[dest, t], critic[dest, t], done[dest, t], add_to_encoder)
-            self.stats["relabeled"] += 1
-            self.stats["steps"] += T
-            self.stats["moved"] += (dest != task_idx).sum()
-            self.stats["decisions"] += len(q)
-            self.stats["entropy"] += entropy(q).sum()
-        self.seconds += time.time() - t0
-
-    def add(self, dest: np.ndarray, traj: dict, rew, critic_rew, done, add_to_encoder: bool) -> None:
-        """Transition t of traj, with the given rewards and terminals, into task dest[t]'s buffers."""
-        traj = dict(traj, done=done)
-        rl_rows, enc_rows = pack(traj, critic_rew), pack(traj, rew)
-        self.start_buf.add_trajectory(dest[0], rl_rows[:1])
-        for j in np.unique(dest):  # insertion only: one slice per receiving task (a single one unless HIPI)
-            self.rl_buf.add_trajectory(j, rl_rows[dest == j])
-            if add_to_encoder:
-                if not self.cleared[j]:
-                    self.enc_buf.clear(j)
-                    self.cleared[j] = True
-                self.enc_buf.add_trajectory(j, enc_rows[dest == j])
-
-    def pop_stats(self) -> dict:
-        """relabel/* of the iteration (then reset): the share of collected trajectories that went through the
-        relabeler, the share of their transitions that changed task, the mean entropy of q, the mean log Z."""
-        s = self.stats
-        log_z = self.log_z.mean() if self.args.relabel == "hfr" else s["log_z"] / max(s["relabeled"], 1)
-        out = {"relabel/fraction_relabeled": s["relabeled"] / max(s["trajs"], 1),
-               "relabel/fraction_to_other_task": s["moved"] / max(s["steps"], 1),
-               "relabel/entropy": s["entropy"] / max(s["decisions"], 1), "relabel/log_z_mean": float(log_z)}
-        self.stats = dict.fromkeys(s, 0.0)
-        return out
-
-    def state_dict(self) -> dict:
-        return {"orig_buf": self.orig_buf.state_dict(), "start_buf": self.start_buf.state_dict(),
-                "log_z": self.log_z.copy(), "cleared": self.cleared.copy(),
-                "reward_model": None if self.reward_model is None else self.reward_model.state_dict(),
-                "reward_optim": None if self.reward_optim is None else self.reward_optim.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.orig_buf.load_state_dict(state["orig_buf"]), self.start_buf.load_state_dict(state["start_buf"])
-        self.log_z[:], self.cleared[:] = state["log_z"], state["cleared"]
-        if self.reward_model is not None:
-            self.reward_model.load_state_dict(state["reward_model"])
-            self.reward_optim.load_state_dict(state["reward_optim"])
-
-
-# ---------------------------------------------------------------------------------------------- data collection
-@torch.inference_mode()
-def rollout(env, agent: PEARL, z: torch.Tensor, deterministic: bool, device, render: bool = False) -> dict:
-    """One episode of the current task with a fixed z; the final transition is kept (oyster commit 062870e)."""
-    obs, _ = env.reset()
-    steps, frames, success = [], [], False
-    while True:
-        a = agent.policy.act(torch.as_tensor(obs, device=device)[None], z, deterministic)[0].cpu().numpy()
-        next_obs, r, term, trunc, info = env.step(a)
-        steps.append((obs, a, r, next_obs, term))
-        success = success or bool(info.get("success", False))
-        if render:
-            frames.append(env.render())
-        obs = next_obs
-        if term or trunc:
-            break
-    o, a, r, o2, d = (np.array(x) for x in zip(*steps))
-    return {"obs": o, "act": a, "rew": r, "next_obs": o2, "done": d, "return": float(r.sum()),
-            "success": success, "frames": frames}
-
-
-@torch.inference_mode()
-def infer_posterior(agent: PEARL, context: np.ndarray, ctx_dim: int, device) -> torch.Tensor:
-    """z ~ q(z | c) for one task from buffer rows (N, width): the first ctx_dim columns are (s, a, r[, s'])."""
-    mu, var = agent.encoder(torch.as_tensor(context[None, :, :ctx_dim], device=device))
-    return sample_z(mu, var)
-
-
-def collect_data(env, agent, task_idx, task, n_samples, update_posterior, add_to_encoder, relabeler, may_relabel,
-                 args, ctx_dim, rng, device) -> list[dict]:
-    """oyster's collect_data: whole trajectories from z ~ prior (a new z each trajectory) until n_samples
-    transitions; with update_posterior, z is re-inferred after every trajectory from a fresh context batch of
-    the task's recent original data (HFR: its encoder buffer may hold relabeled data). Returns the trajectories
-    (already stored, through the relabeler)."""
-    env.set_task(task)
-    z = torch.randn(1, args.latent_size, device=device)
-    trajs, n = [], 0
-    while n < n_samples:
-        batch = []
-        while n < n_samples:  # prior phase: one call for all its trajectories; posterior phase: one each
-            traj = rollout(env, agent, z, deterministic=False, device=device)
-            traj["rew"], traj["critic_rew"], traj["done"] = trajectory_rewards(env, traj, task, args)
-            batch.append(traj)
-            n += len(traj["rew"])
-            if update_posterior:
-                break
-            z = torch.randn_like(z)  # a new z from the prior for every trajectory
-        # ---- add to buffers (HFR): the call's trajectories go, whole, to the RL buffer (critic reward) and, unless
-        # these are extra RL steps, to the encoder buffer (the reward the agent sees) of their own task or, for a
-        # relabeled call, of the task the relabeler draws for each
-        relabeler.store(batch, task_idx, add_to_encoder, may_relabel, rng)
-        trajs += batch
-        if update_posterior:
-            z = infer_posterior(agent, relabeler.orig_buf.sample(np.array([task_idx]), args.embedding_batch_size,
-                                                                 rng)[0], ctx_dim, device)
-    return trajs
-
-
-def collect_for_task(env, agent, task_idx, task, relabeler, args, ctx_dim, rng, device) -> list[dict]:
-    """One sampled task's data in an iteration (oyster rl_algorithm.train): its recent-data buffer is cleared
-    first (its encoder buffer when data first reaches it, see Relabeler), so the context always comes from recent
-    data; then prior, posterior and extra RL-only posterior steps."""
-    relabeler.orig_buf.clear(task_idx)
-    trajs = []
-    for n, posterior, to_enc in ((args.num_steps_prior, False, True), (args.num_steps_posterior, True, True),
-                                 (args.num_extra_rl_steps_posterior, True, False)):
-        if n > 0:
-            trajs += collect_data(env, agent, task_idx, task, n, posterior, to_enc, relabeler, True, args, ctx_dim,
-                                  rng, device)
-    return trajs
-
-
-# ---------------------------------------------------------------------------------------------- meta-test
-@torch.inference_mode()
-def meta_test_run(env, agent, task, args, ctx_dim, device, render=False) -> dict:
-    """The authors' meta-test for one task (rl_algorithm.collect_paths): trajectories until num_steps_per_eval
-    transitions, deterministic actions; z ~ prior (resampled each trajectory) for the first num_exp_traj_eval
-    trajectories, then z from the posterior of ALL context gathered online, re-inferred after every trajectory."""
-    env.set_task(task)
-    z, z_from = torch.randn(1, args.latent_size, device=device), "prior"
-    context, trajs, z_source, n = [], [], [], 0
-    while n < args.num_steps_per_eval:
-        last = n + env.horizon >= args.num_steps_per_eval  # render only what can be the last trajectory
-        traj = rollout(env, agent, z, deterministic=True, device=device, render=render and last)
-        context.append(pack(traj, traj["rew"]))
-        trajs.append(traj)
-        z_source.append(z_from)
-        n += len(traj["rew"])
-        if len(trajs) >= args.num_exp_traj_eval:
-            z, z_from = infer_posterior(agent, np.concatenate(context), ctx_dim, device), "posterior"
-        else:
-            z = torch.randn_like(z)
-    return {"returns": [t["return"] for t in trajs], "success": [t["success"] for t in trajs], "z_source": z_source,
-            "frames": trajs[-1]["frames"]}
-
-
-def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
-    """Mean over tasks of (mean over num_evals runs of the LAST trajectory's return), as the authors report; the
-    mean return with z from the prior (the level before adaptation); success of the last trajectory; the online
-    returns per trajectory index."""
-    last, prior, succ, any_succ, online = [], [], [], [], []
-    for task in tasks:
-        runs = [meta_test_run(env, agent, task, args, ctx_dim, device) for _ in range(args.num_evals)]
-        last.append(np.mean([r["returns"][-1] for r in runs]))
-        prior.append(np.mean([ret for r in runs for ret, z in zip(r["returns"], r["z_source"]) if z == "prior"]))
-        succ.append(np.mean([r["success"][-1] for r in runs]))
-        any_succ.append(np.mean([any(r["success"]) for r in runs]))
-        k = min(len(r["returns"]) for r in runs)
-        online.append(np.mean([r["returns"][:k] for r in runs], 0))
-    k = min(len(o) for o in online)
-    return {"return": float(np.mean(last)), "return_prior": float(np.mean(prior)), "success_rate": float(np.mean(succ)),
-            "success_rate_any_trajectory": float(np.mean(any_succ)),
-            "online_returns": np.mean([o[:k] for o in online], 0).round(4).tolist()}
-
-
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic: write a temp file in the same directory, then rename, so Ctrl-C never leaves a torn checkpoint."""
     tmp = path + ".tmp"
@@ -922,24 +933,26 @@ if __name__ == "__main__":
     try:
         for it in range(start_iter, args.num_iterations):
             # ---- collect: initial pool (iteration 0, z ~ prior, every train task), then the sampled tasks
-            t0, relabel_t0 = time.time(), relabeler.seconds
+            t0 = time.time()
             trajs = []
             if it == 0:
                 print(f"collecting the initial pool: {args.num_initial_steps} transitions for each of "
                       f"{len(train_tasks)} train tasks, z from the prior", flush=True)
                 for i, task in enumerate(train_tasks):
-                    trajs += collect_data(env, agent, i, task, args.num_initial_steps, False, True, relabeler, False,
-                                          args, ctx_dim, rng, device)  # initial data: never relabeled (authors)
+                    trajs += collect_data(env, agent, i, task, args.num_initial_steps, relabeler, args, ctx_dim,
+                                          rng, device, update_posterior=False, add_to_encoder=True,
+                                          may_relabel=False)  # initial data: never relabeled (authors)
             relabeler.begin_iteration()
+
             for _ in range(args.num_tasks_sample):
                 i = int(rng.integers(len(train_tasks)))
                 trajs += collect_for_task(env, agent, i, train_tasks[i], relabeler, args, ctx_dim, rng, device)
             relabeler.update_log_partition(rng)  # Algorithm 1's log Z for the next iteration's relabeling
             env_steps += sum(len(t["rew"]) for t in trajs)
-            t_collect = time.time() - t0 - (relabeler.seconds - relabel_t0)
+            t_collect = time.time() - t0
 
             # ---- train: num_train_steps_per_itr gradient steps on meta-batches of tasks (with replacement)
-            t0, relabel_t1 = time.time(), relabeler.seconds
+            t0 = time.time()
             for _ in range(args.num_train_steps_per_itr):
                 tasks = rng.integers(len(train_tasks), size=args.meta_batch)
                 batch = torch.from_numpy(rl_buf.sample(tasks, args.batch_size, rng)).to(device)
@@ -947,8 +960,7 @@ if __name__ == "__main__":
                 losses = gradient_step(agent, optims, batch, context.to(device), args, obs_dim, act_dim)
                 if args.learned_reward:
                     losses["reward_model_loss"] = relabeler.reward_model_step(batch, tasks)
-            t_update = time.time() - t0 - (relabeler.seconds - relabel_t1)
-            t_relabel = relabeler.seconds - relabel_t0
+            t_update = time.time() - t0
 
             # ---- evaluate: meta-test tasks, and as many train tasks (sampled) with the same protocol
             t0, last_iter = time.time(), it == args.num_iterations - 1
@@ -973,9 +985,8 @@ if __name__ == "__main__":
             wall = wall_offset + time.time() - start_time
             sps = int((env_steps - start_steps) / max(time.time() - start_time, 1e-9))
             scalars = {"charts/SPS": sps, "charts/episodic_return": float(np.mean([t["return"] for t in trajs])),
-                       "time/collect": t_collect, "time/update": t_update, "time/relabel": t_relabel,
-                       "time/eval": t_eval, **{f"losses/{k}": float(v) for k, v in losses.items()},
-                       **relabeler.pop_stats()}
+                       "time/collect": t_collect, "time/update": t_update, "time/relabel": 0.0, "time/eval": t_eval,
+                       **{f"losses/{k}": float(v) for k, v in losses.items()}, **relabeler.pop_stats()}
             if evaluated:
                 scalars.update({k: v for k, v in last_eval.items() if k != "eval/online_returns"})
                 with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
@@ -998,8 +1009,7 @@ if __name__ == "__main__":
             shown = (f"return {last_eval['eval/return']:.2f}" if last_eval else "-") + (
                 f" success {last_eval['eval/success_rate']:.2f}" if "eval/success_rate" in last_eval else "")
             print(f"iteration {it + 1}/{args.num_iterations} | env steps {env_steps} | SPS {sps} | "
-                  f"last eval {shown} | update {t_update:.1f}s | relabel {t_relabel:.1f}s | ETA {eta / 60:.1f} min",
-                  flush=True)
+                  f"last eval {shown} | update {t_update:.1f}s | ETA {eta / 60:.1f} min", flush=True)
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted; the last finished checkpoint is in {run_dir}")
     finally:

@@ -1,20 +1,22 @@
 """PEARL: Efficient Off-Policy Meta-RL via Probabilistic Context Variables (Rakelly et al., ICML 2019).
 
 Paper: https://arxiv.org/abs/1903.08254   Authors' code: katerakelly/oyster (rlkit).
-Equation numbers in comments follow the HFR paper's summary of PEARL (Wan et al. 2022, §3.3):
-    Eq. 2  L_actor  = E[ KL( pi(a|s,z) || exp(Q(s,a,z)) / Z(s) ) ]      -> policy loss, z detached
-    Eq. 3  L_critic = E[ (Q(s,a,z) - (r + V_bar(s', z_bar)))^2 ]          -> Q loss, trains Q and the encoder
-plus PEARL's information bottleneck KL( q(z|c) || N(0, I) ) (Rakelly et al. §4.1), and SAC-v1's
-V loss as the authors ran it.
+Equation and algorithm numbers in comments are the PEARL paper's own:
+    Eq. 1  E_T[ E_{z~q(z|c)}[ R(T, z) + beta KL( q(z|c) || N(0, I) ) ] ]   -> kl_lambda * KL, R = the critic loss
+    Eq. 2  q(z | c_1:N) ~ prod_n Psi(z | c_n), Gaussian factors             -> ContextEncoder, product_of_gaussians
+    Eq. 3  L_critic = E[ (Q(s, a, z) - (r + V_bar(s', z_bar)))^2 ]         -> Q loss, trains Q and the encoder
+    Eq. 4  L_actor  = E[ KL( pi(a|s, z_bar) || exp(Q(s, a, z_bar)) / Z(s) ) ] -> policy loss, z detached
+    Alg. 1 meta-training (collect data per task, then gradient steps); Alg. 2 meta-testing
+plus SAC-v1's V loss (Haarnoja et al. 2018), which the authors' code trains beside Eq. 3 and Eq. 4.
 
 What the file does: a context encoder q(z|c) turns a batch of transitions (s, a, r[, s']) of one task into a
-Gaussian over a latent z (a product of per-transition Gaussian factors); the SAC policy, twin Q and V are
-conditioned on z. Meta-training collects data per task with z from the prior and from the posterior, keeps an
-RL buffer and an encoder buffer per task, and takes gradient steps on a meta-batch of tasks as one batched
-(tasks, batch, .) computation. Meta-test: explore with z from the prior, then act with the posterior inferred
-from the context gathered online (the protocol of the authors' code).
+Gaussian over a latent z (a product of per-transition Gaussian factors, Eq. 2); the SAC policy, twin Q and V are
+conditioned on z. Meta-training (Alg. 1) collects data per task with z from the prior and from the posterior,
+keeps an RL buffer and an encoder buffer per task, and takes gradient steps on a meta-batch of tasks as one
+batched (tasks, batch, .) computation. Meta-test (Alg. 2): explore with z from the prior, then act with the
+posterior inferred from the context gathered online (the protocol of the authors' code).
 
-Reproduce the paper's PEARL curve on cheetah-vel (paper size; ~40 h on 2 CPU cores, ~2x faster with --bf16):
+Reproduce the paper's PEARL curve on cheetah-vel (paper size; `--help` says what it costs):
     python pearl.py --env cheetah-vel
 Sparse point robot (critic on the dense reward, encoder on the sparse one, as in the authors' code):
     python pearl.py --env sparse-point-robot
@@ -131,87 +133,6 @@ class Args:
     """with --capture-video, write a GIF at evaluations of every N-th iteration (and after the last)"""
 
 
-# The authors' configs (reference: oyster configs/default.py + configs/*.json; HFR configs/*.json for the
-# families HFR added). Keys left out take DEFAULTS. Envs not listed get DEFAULTS with 3 trajectories per eval run.
-DEFAULTS = dict(num_iterations=500, meta_batch=16, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400,
-                num_steps_posterior=0, num_extra_rl_steps_posterior=400, num_train_steps_per_itr=2000,
-                batch_size=256, embedding_batch_size=64, num_evals=2, num_steps_per_eval=600, num_exp_traj_eval=1,
-                discount=0.99, reward_scale=5.0, kl_lambda=0.1, critic_dense_reward=False)
-_HFR = dict(num_train_steps_per_itr=1000, num_exp_traj_eval=2)
-PAPER_DEFAULTS = {
-    # PEARL (oyster)
-    "cheetah-vel": dict(num_extra_rl_steps_posterior=600, embedding_batch_size=100, num_exp_traj_eval=2, num_evals=1),
-    "cheetah-dir": dict(meta_batch=4, num_steps_prior=1000, num_extra_rl_steps_posterior=1000,
-                        embedding_batch_size=256, num_evals=4, num_exp_traj_eval=2),
-    "ant-dir": dict(meta_batch=4, num_extra_rl_steps_posterior=600, num_train_steps_per_itr=4000,
-                    embedding_batch_size=256, num_evals=4, num_exp_traj_eval=2),
-    "ant-goal": dict(meta_batch=10, num_extra_rl_steps_posterior=600, num_train_steps_per_itr=4000,
-                     embedding_batch_size=256, kl_lambda=1.0),
-    "point-robot": dict(num_initial_steps=200, num_steps_prior=200, num_extra_rl_steps_posterior=200,
-                        num_train_steps_per_itr=1000, reward_scale=100.0, num_steps_per_eval=60),
-    "sparse-point-robot": dict(num_initial_steps=200, num_tasks_sample=10, num_steps_prior=100,
-                               num_steps_posterior=900, num_extra_rl_steps_posterior=0, num_train_steps_per_itr=1000,
-                               embedding_batch_size=1024, discount=0.9, reward_scale=100.0, kl_lambda=1.0,
-                               num_exp_traj_eval=5, num_steps_per_eval=400, critic_dense_reward=True),
-    # HFR (michaelwan11/hfr), PEARL's defaults underneath
-    # four-corners: the authors draw a meta-batch of 8 (with replacement) from its 4 tasks; here each task once
-    # per step with twice the batch, the same 2048 transitions per gradient step without duplicate tasks
-    "four-corners": dict(_HFR, num_iterations=300, meta_batch=4, batch_size=512, num_initial_steps=200,
-                         num_tasks_sample=10, num_steps_prior=100, num_steps_posterior=900,
-                         num_extra_rl_steps_posterior=0, reward_scale=100.0, kl_lambda=1.0,
-                         embedding_batch_size=1024, num_exp_traj_eval=5, num_steps_per_eval=400, discount=0.9),
-    "sawyer-push": dict(_HFR, num_iterations=90, num_tasks_sample=10, num_steps_posterior=600,
-                        num_extra_rl_steps_posterior=0, reward_scale=100.0),
-    "sawyer-reach": dict(_HFR, num_iterations=40, num_tasks_sample=10, num_steps_posterior=600,
-                         num_extra_rl_steps_posterior=0, reward_scale=10.0),
-    "cheetah-vel-sparse": dict(_HFR, num_iterations=160, num_steps_posterior=600, num_extra_rl_steps_posterior=0,
-                               embedding_batch_size=100),
-    "ant-goal-sparse": dict(_HFR, num_iterations=180, num_tasks_sample=10, num_steps_posterior=600,
-                            num_extra_rl_steps_posterior=0, kl_lambda=1.0, embedding_batch_size=256),
-    "cheetah-highdim": dict(_HFR, num_iterations=180, num_tasks_sample=10, num_extra_rl_steps_posterior=600,
-                            embedding_batch_size=100),
-    "ant-vel": dict(_HFR, num_iterations=160, num_tasks_sample=10, meta_batch=10, num_extra_rl_steps_posterior=600,
-                    kl_lambda=1.0, embedding_batch_size=256),
-}
-
-
-def defaults_table() -> str:
-    rows = [("(all envs)", DEFAULTS), *PAPER_DEFAULTS.items()]
-    return "Per-env defaults (flags override; other envs: the first row, 3 trajectories per eval run):\n" + "\n".join(
-        textwrap.fill(f"{name}: " + " ".join(f"{k}={v}" for k, v in row.items()), 110, initial_indent="  ",
-                      subsequent_indent="      ") for name, row in rows)
-
-
-def resolve_args(args: Args, env: envs.TaskEnv) -> Args:
-    """Fill every None field from the --env row of PAPER_DEFAULTS; check the numbers (one-line errors)."""
-    row = {**DEFAULTS, "num_steps_per_eval": 3 * env.horizon, **PAPER_DEFAULTS.get(args.env, {}),
-           "use_next_obs_in_context": "dynamics" in env.varies}  # s' in context: the authors' rand-params choice
-    args = dataclasses.replace(args, **{k: v for k, v in row.items() if getattr(args, k) is None})
-    n_train = len(env.train_tasks) if args.num_train_tasks is None else args.num_train_tasks
-    args = dataclasses.replace(args, num_train_tasks=n_train)
-    positive = ("num_iterations", "num_train_tasks", "meta_batch", "num_tasks_sample", "num_train_steps_per_itr",
-                "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "latent_size", "net_size",
-                "encoder_size", "replay_buffer_size", "eval_interval", "video_interval", "num_exp_traj_eval",
-                "num_initial_steps")
-    for k in positive:
-        if getattr(args, k) <= 0:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
-    for k in ("num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior", "kl_lambda"):
-        if getattr(args, k) < 0:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
-    if not (0 <= args.discount <= 1) or args.reward_scale <= 0 or args.learning_rate <= 0:
-        raise SystemExit("error: need 0 <= --discount <= 1, --reward-scale > 0 and --learning-rate > 0")
-    if n_train > len(env.train_tasks):
-        raise SystemExit(f"error: --num-train-tasks {n_train} > the {len(env.train_tasks)} train tasks of {args.env}")
-    if args.meta_batch > n_train:
-        raise SystemExit(f"error: --meta-batch {args.meta_batch} > the {n_train} train tasks of {args.env}")
-    if args.num_steps_prior + args.num_steps_posterior == 0 and args.num_extra_rl_steps_posterior > 0:
-        raise SystemExit("error: extra RL steps infer z from the encoder buffer: need prior or posterior steps > 0")
-    if args.critic_dense_reward and not hasattr(env, "evaluate_dense"):
-        raise SystemExit(f"error: --critic-dense-reward needs a family with a dense reward; {args.env} has none")
-    return args
-
-
 # ---------------------------------------------------------------------------------------------- networks
 def mlp(sizes: list[int], last_init: float) -> nn.Sequential:
     """rlkit's Mlp: ReLU hidden layers with its `fanin_init` (U(+-1/sqrt(size[0])) of the (out, in) weight, i.e.
@@ -231,7 +152,7 @@ def mlp(sizes: list[int], last_init: float) -> nn.Sequential:
 
 
 def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior of independent factors N(mu_n, var_n) over the context axis -2 (PEARL §4.1):
+    """Eq. 2: the posterior of independent Gaussian factors N(mu_n, var_n) over the context axis -2,
     var = 1 / sum_n 1/var_n,  mu = var * sum_n mu_n / var_n."""
     var = var.clamp(min=1e-7)
     post_var = 1.0 / torch.reciprocal(var).sum(-2)
@@ -239,14 +160,14 @@ def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Ten
 
 
 def kl_to_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """KL( N(mu, diag var) || N(0, I) ), summed over the latent dims: 0.5 sum(var + mu^2 - 1 - log var)."""
+    """Eq. 1's KL( N(mu, diag var) || N(0, I) ), summed over the latent dims: 0.5 sum(var + mu^2 - 1 - log var)."""
     return 0.5 * (var + mu.square() - 1.0 - var.log()).sum(-1)
 
 
 class ContextEncoder(nn.Module):
-    """q(z | c): an MLP 3x200 per context transition; with the information bottleneck each transition gives a
-    Gaussian factor (mean, softplus variance) and the posterior is their product; without it z is the mean
-    of the outputs (a deterministic z)."""
+    """q(z | c), Eq. 2: an MLP 3x200 per context transition; with the information bottleneck each transition gives
+    a Gaussian factor Psi(z | c_n) (mean, softplus variance) and the posterior is their product; without it z is the
+    mean of the outputs (a deterministic z)."""
 
     def __init__(self, ctx_dim: int, latent: int, hidden: int, ib: bool):
         super().__init__()
@@ -289,7 +210,8 @@ class TanhGaussianPolicy(nn.Module):
                   - torch.log(1.0 - action.square() + 1e-6)).sum(-1, keepdim=True)
         return action, log_pi, mean, log_std
 
-    def act(self, obs: torch.Tensor, z: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, z: torch.Tensor, *, deterministic: bool) -> torch.Tensor:
+
         mean, log_std = self.mean_log_std(obs, z)
         return torch.tanh(mean if deterministic else mean + log_std.exp() * torch.randn_like(mean))
 
@@ -311,7 +233,8 @@ class PEARL(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args):
         super().__init__()
         L, h = args.latent_size, args.net_size
-        self.encoder = ContextEncoder(ctx_dim, L, args.encoder_size, args.use_information_bottleneck)
+        self.encoder = ContextEncoder(ctx_dim, L, args.encoder_size, ib=args.use_information_bottleneck)
+
         self.policy = TanhGaussianPolicy(obs_dim, L, act_dim, h)
         self.qf1, self.qf2 = Critic(obs_dim + act_dim + L, h), Critic(obs_dim + act_dim + L, h)
         self.vf, self.target_vf = Critic(obs_dim + L, h), Critic(obs_dim + L, h)
@@ -392,10 +315,84 @@ def trajectory_rewards(env: envs.TaskEnv, traj: dict, task: np.ndarray, args: Ar
     return delay_rewards(rew, args.reward_delay), delay_rewards(critic, args.reward_delay), done
 
 
-# ---------------------------------------------------------------------------------------------- the update
+# ---------------------------------------------------------------------------------------------- Alg. 1: collect data
+@torch.inference_mode()
+def rollout(env, agent: PEARL, z: torch.Tensor, device, *, deterministic: bool, render: bool = False) -> dict:
+    """One episode of the current task with a fixed z; the final transition is kept (oyster commit 062870e)."""
+    obs, _ = env.reset()
+    steps, frames, success = [], [], False
+    while True:
+        s = torch.as_tensor(obs, device=device)[None]
+        a = agent.policy.act(s, z, deterministic=deterministic)[0].cpu().numpy()
+
+        next_obs, r, term, trunc, info = env.step(a)
+        steps.append((obs, a, r, next_obs, term))
+        success = success or bool(info.get("success", False))
+        if render:
+            frames.append(env.render())
+        obs = next_obs
+        if term or trunc:
+            break
+    o, a, r, o2, d = (np.array(x) for x in zip(*steps))
+    return {"obs": o, "act": a, "rew": r, "next_obs": o2, "done": d, "return": float(r.sum()),
+            "success": success, "frames": frames}
+
+
+@torch.inference_mode()
+def infer_posterior(agent: PEARL, context: np.ndarray, ctx_dim: int, device) -> torch.Tensor:
+    """z ~ q(z | c) for one task from buffer rows (N, width): the first ctx_dim columns are (s, a, r[, s'])."""
+    mu, var = agent.encoder(torch.as_tensor(context[None, :, :ctx_dim], device=device))
+    return sample_z(mu, var)
+
+
+def collect_data(env, agent, task_idx, task, n_samples, rl_buf, enc_buf, args, ctx_dim, rng, device, *,
+                 update_posterior: bool, add_to_encoder: bool) -> list[dict]:
+    """Alg. 1's "sample z ~ q(z|c), gather data, update c" (oyster's collect_data): whole trajectories from
+    z ~ prior (a new z each trajectory) until n_samples transitions; with update_posterior, z is re-inferred after
+    every trajectory from a fresh context batch of the task's encoder buffer. Returns the trajectories (stored)."""
+    env.set_task(task)
+    z = torch.randn(1, args.latent_size, device=device)
+    trajs, n = [], 0
+    while n < n_samples:
+        batch = []
+        while n < n_samples:  # prior phase: one call for all its trajectories; posterior phase: one each
+            traj = rollout(env, agent, z, device, deterministic=False)
+            traj["rew"], traj["critic_rew"], traj["done"] = trajectory_rewards(env, traj, task, args)
+            batch.append(traj)
+            n += len(traj["rew"])
+            if update_posterior:
+                break
+            z = torch.randn_like(z)  # a new z from the prior for every trajectory
+        # ---- add to buffers: the trajectories go, whole, to their task's RL buffer (critic reward) and, unless
+        # these are extra RL steps, to its encoder buffer (the reward the agent sees)
+        for traj in batch:
+            rl_buf.add_trajectory(task_idx, pack(traj, traj["critic_rew"]))
+            if add_to_encoder:
+                enc_buf.add_trajectory(task_idx, pack(traj, traj["rew"]))
+        trajs += batch
+        if update_posterior:
+            z = infer_posterior(agent, enc_buf.sample(np.array([task_idx]), args.embedding_batch_size, rng)[0],
+                                ctx_dim, device)
+    return trajs
+
+
+def collect_for_task(env, agent, task_idx, task, rl_buf, enc_buf, args, ctx_dim, rng, device) -> list[dict]:
+    """One sampled task's data in an iteration (oyster rl_algorithm.train): its encoder buffer is cleared first,
+    so the context always comes from recent data; then prior, posterior and extra RL-only posterior steps."""
+    enc_buf.clear(task_idx)
+    trajs = []
+    for n, posterior, to_enc in ((args.num_steps_prior, False, True), (args.num_steps_posterior, True, True),
+                                 (args.num_extra_rl_steps_posterior, True, False)):
+        if n > 0:
+            trajs += collect_data(env, agent, task_idx, task, n, rl_buf, enc_buf, args, ctx_dim, rng, device,
+                                  update_posterior=posterior, add_to_encoder=to_enc)
+    return trajs
+
+
+# ---------------------------------------------------------------------------------------------- Alg. 1: gradient step
 def critic_and_encoder_loss(agent: PEARL, obs, act, rew, next_obs, done, context, args: Args):
-    """Eq. 3 (Q loss, the only loss besides the KL that reaches the encoder) + kl_lambda * KL summed over the
-    meta-batch. RL inputs are (tasks * batch, .) rows, task-major; the context is (tasks, embedding batch, .)."""
+    """Eq. 3 (Q loss, the only loss besides the KL that reaches the encoder) + Eq. 1's kl_lambda * KL summed over
+    the meta-batch. RL inputs are (tasks * batch, .) rows, task-major; the context is (tasks, embedding batch, .)."""
     mu, var = agent.encoder(context)
     z = sample_z(mu, var).repeat_interleave(obs.shape[0] // mu.shape[0], 0)  # one z per task, for all its rows
     s_a_z = torch.cat([obs, act, z], -1)
@@ -411,7 +408,7 @@ def critic_and_encoder_loss(agent: PEARL, obs, act, rew, next_obs, done, context
 
 
 def actor_and_value_loss(agent: PEARL, obs, z, args: Args):
-    """SAC-v1 V loss and the policy loss (Eq. 2), with z detached (the encoder learns only from Eq. 3 + KL).
+    """SAC-v1 V loss and the policy loss (Eq. 4), with z detached (the encoder learns only from Eq. 3 + KL).
     Called after the Q step, so both see the updated Q, as in the authors' code. The Q weights are frozen here:
     the policy needs dQ/da, not dQ/dtheta, which saves a third of the Q backward."""
     action, log_pi, mean, log_std = agent.policy(obs, z)
@@ -456,82 +453,10 @@ def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torc
             "policy_loss": policy_loss.detach(), **stats, **stats2}
 
 
-# ---------------------------------------------------------------------------------------------- data collection
+# ---------------------------------------------------------------------------------------------- Alg. 2: meta-test
 @torch.inference_mode()
-def rollout(env, agent: PEARL, z: torch.Tensor, deterministic: bool, device, render: bool = False) -> dict:
-    """One episode of the current task with a fixed z; the final transition is kept (oyster commit 062870e)."""
-    obs, _ = env.reset()
-    steps, frames, success = [], [], False
-    while True:
-        a = agent.policy.act(torch.as_tensor(obs, device=device)[None], z, deterministic)[0].cpu().numpy()
-        next_obs, r, term, trunc, info = env.step(a)
-        steps.append((obs, a, r, next_obs, term))
-        success = success or bool(info.get("success", False))
-        if render:
-            frames.append(env.render())
-        obs = next_obs
-        if term or trunc:
-            break
-    o, a, r, o2, d = (np.array(x) for x in zip(*steps))
-    return {"obs": o, "act": a, "rew": r, "next_obs": o2, "done": d, "return": float(r.sum()),
-            "success": success, "frames": frames}
-
-
-@torch.inference_mode()
-def infer_posterior(agent: PEARL, context: np.ndarray, ctx_dim: int, device) -> torch.Tensor:
-    """z ~ q(z | c) for one task from buffer rows (N, width): the first ctx_dim columns are (s, a, r[, s'])."""
-    mu, var = agent.encoder(torch.as_tensor(context[None, :, :ctx_dim], device=device))
-    return sample_z(mu, var)
-
-
-def collect_data(env, agent, task_idx, task, n_samples, update_posterior, add_to_encoder, rl_buf, enc_buf,
-                 args, ctx_dim, rng, device) -> list[dict]:
-    """oyster's collect_data: whole trajectories from z ~ prior (a new z each trajectory) until n_samples
-    transitions; with update_posterior, z is re-inferred after every trajectory from a fresh context batch of
-    the task's encoder buffer. Returns the trajectories (already stored)."""
-    env.set_task(task)
-    z = torch.randn(1, args.latent_size, device=device)
-    trajs, n = [], 0
-    while n < n_samples:
-        batch = []
-        while n < n_samples:  # prior phase: one call for all its trajectories; posterior phase: one each
-            traj = rollout(env, agent, z, deterministic=False, device=device)
-            traj["rew"], traj["critic_rew"], traj["done"] = trajectory_rewards(env, traj, task, args)
-            batch.append(traj)
-            n += len(traj["rew"])
-            if update_posterior:
-                break
-            z = torch.randn_like(z)  # a new z from the prior for every trajectory
-        # ---- add to buffers: the trajectories go, whole, to their task's RL buffer (critic reward) and, unless
-        # these are extra RL steps, to its encoder buffer (the reward the agent sees)
-        for traj in batch:
-            rl_buf.add_trajectory(task_idx, pack(traj, traj["critic_rew"]))
-            if add_to_encoder:
-                enc_buf.add_trajectory(task_idx, pack(traj, traj["rew"]))
-        trajs += batch
-        if update_posterior:
-            z = infer_posterior(agent, enc_buf.sample(np.array([task_idx]), args.embedding_batch_size, rng)[0],
-                                ctx_dim, device)
-    return trajs
-
-
-def collect_for_task(env, agent, task_idx, task, rl_buf, enc_buf, args, ctx_dim, rng, device) -> list[dict]:
-    """One sampled task's data in an iteration (oyster rl_algorithm.train): its encoder buffer is cleared first,
-    so the context always comes from recent data; then prior, posterior and extra RL-only posterior steps."""
-    enc_buf.clear(task_idx)
-    trajs = []
-    for n, posterior, to_enc in ((args.num_steps_prior, False, True), (args.num_steps_posterior, True, True),
-                                 (args.num_extra_rl_steps_posterior, True, False)):
-        if n > 0:
-            trajs += collect_data(env, agent, task_idx, task, n, posterior, to_enc, rl_buf, enc_buf, args, ctx_dim,
-                                  rng, device)
-    return trajs
-
-
-# ---------------------------------------------------------------------------------------------- meta-test
-@torch.inference_mode()
-def meta_test_run(env, agent, task, args, ctx_dim, device, render=False) -> dict:
-    """The authors' meta-test for one task (rl_algorithm.collect_paths): trajectories until num_steps_per_eval
+def meta_test_run(env, agent, task, args, ctx_dim, device, *, render: bool = False) -> dict:
+    """Alg. 2 as the authors run it for one task (rl_algorithm.collect_paths): trajectories until num_steps_per_eval
     transitions, deterministic actions; z ~ prior (resampled each trajectory) for the first num_exp_traj_eval
     trajectories, then z from the posterior of ALL context gathered online, re-inferred after every trajectory."""
     env.set_task(task)
@@ -539,7 +464,7 @@ def meta_test_run(env, agent, task, args, ctx_dim, device, render=False) -> dict
     context, trajs, z_source, n = [], [], [], 0
     while n < args.num_steps_per_eval:
         last = n + env.horizon >= args.num_steps_per_eval  # render only what can be the last trajectory
-        traj = rollout(env, agent, z, deterministic=True, device=device, render=render and last)
+        traj = rollout(env, agent, z, device, deterministic=True, render=render and last)
         context.append(pack(traj, traj["rew"]))
         trajs.append(traj)
         z_source.append(z_from)
@@ -569,6 +494,88 @@ def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
     return {"return": float(np.mean(last)), "return_prior": float(np.mean(prior)), "success_rate": float(np.mean(succ)),
             "success_rate_any_trajectory": float(np.mean(any_succ)),
             "online_returns": np.mean([o[:k] for o in online], 0).round(4).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
+# The authors' configs (reference: oyster configs/default.py + configs/*.json; HFR configs/*.json for the
+# families HFR added). Keys left out take DEFAULTS. Envs not listed get DEFAULTS with 3 trajectories per eval run.
+DEFAULTS = dict(num_iterations=500, meta_batch=16, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400,
+                num_steps_posterior=0, num_extra_rl_steps_posterior=400, num_train_steps_per_itr=2000,
+                batch_size=256, embedding_batch_size=64, num_evals=2, num_steps_per_eval=600, num_exp_traj_eval=1,
+                discount=0.99, reward_scale=5.0, kl_lambda=0.1, critic_dense_reward=False)
+_HFR = dict(num_train_steps_per_itr=1000, num_exp_traj_eval=2)
+PAPER_DEFAULTS = {
+    # PEARL (oyster)
+    "cheetah-vel": dict(num_extra_rl_steps_posterior=600, embedding_batch_size=100, num_exp_traj_eval=2, num_evals=1),
+    "cheetah-dir": dict(meta_batch=4, num_steps_prior=1000, num_extra_rl_steps_posterior=1000,
+                        embedding_batch_size=256, num_evals=4, num_exp_traj_eval=2),
+    "ant-dir": dict(meta_batch=4, num_extra_rl_steps_posterior=600, num_train_steps_per_itr=4000,
+                    embedding_batch_size=256, num_evals=4, num_exp_traj_eval=2),
+    "ant-goal": dict(meta_batch=10, num_extra_rl_steps_posterior=600, num_train_steps_per_itr=4000,
+                     embedding_batch_size=256, kl_lambda=1.0),
+    "point-robot": dict(num_initial_steps=200, num_steps_prior=200, num_extra_rl_steps_posterior=200,
+                        num_train_steps_per_itr=1000, reward_scale=100.0, num_steps_per_eval=60),
+    "sparse-point-robot": dict(num_initial_steps=200, num_tasks_sample=10, num_steps_prior=100,
+                               num_steps_posterior=900, num_extra_rl_steps_posterior=0, num_train_steps_per_itr=1000,
+                               embedding_batch_size=1024, discount=0.9, reward_scale=100.0, kl_lambda=1.0,
+                               num_exp_traj_eval=5, num_steps_per_eval=400, critic_dense_reward=True),
+    # HFR (michaelwan11/hfr), PEARL's defaults underneath
+    # four-corners: the authors draw a meta-batch of 8 (with replacement) from its 4 tasks; here each task once
+    # per step with twice the batch, the same 2048 transitions per gradient step without duplicate tasks
+    "four-corners": dict(_HFR, num_iterations=300, meta_batch=4, batch_size=512, num_initial_steps=200,
+                         num_tasks_sample=10, num_steps_prior=100, num_steps_posterior=900,
+                         num_extra_rl_steps_posterior=0, reward_scale=100.0, kl_lambda=1.0,
+                         embedding_batch_size=1024, num_exp_traj_eval=5, num_steps_per_eval=400, discount=0.9),
+    "sawyer-push": dict(_HFR, num_iterations=90, num_tasks_sample=10, num_steps_posterior=600,
+                        num_extra_rl_steps_posterior=0, reward_scale=100.0),
+    "sawyer-reach": dict(_HFR, num_iterations=40, num_tasks_sample=10, num_steps_posterior=600,
+                         num_extra_rl_steps_posterior=0, reward_scale=10.0),
+    "cheetah-vel-sparse": dict(_HFR, num_iterations=160, num_steps_posterior=600, num_extra_rl_steps_posterior=0,
+                               embedding_batch_size=100),
+    "ant-goal-sparse": dict(_HFR, num_iterations=180, num_tasks_sample=10, num_steps_posterior=600,
+                            num_extra_rl_steps_posterior=0, kl_lambda=1.0, embedding_batch_size=256),
+    "cheetah-highdim": dict(_HFR, num_iterations=180, num_tasks_sample=10, num_extra_rl_steps_posterior=600,
+                            embedding_batch_size=100),
+    "ant-vel": dict(_HFR, num_iterations=160, num_tasks_sample=10, meta_batch=10, num_extra_rl_steps_posterior=600,
+                    kl_lambda=1.0, embedding_batch_size=256),
+}
+
+
+def defaults_table() -> str:
+    rows = [("(all envs)", DEFAULTS), *PAPER_DEFAULTS.items()]
+    return "Per-env defaults (flags override; other envs: the first row, 3 trajectories per eval run):\n" + "\n".join(
+        textwrap.fill(f"{name}: " + " ".join(f"{k}={v}" for k, v in row.items()), 110, initial_indent="  ",
+                      subsequent_indent="      ") for name, row in rows)
+
+
+def resolve_args(args: Args, env: envs.TaskEnv) -> Args:
+    """Fill every None field from the --env row of PAPER_DEFAULTS; check the numbers (one-line errors)."""
+    row = {**DEFAULTS, "num_steps_per_eval": 3 * env.horizon, **PAPER_DEFAULTS.get(args.env, {}),
+           "use_next_obs_in_context": "dynamics" in env.varies}  # s' in context: the authors' rand-params choice
+    args = dataclasses.replace(args, **{k: v for k, v in row.items() if getattr(args, k) is None})
+    n_train = len(env.train_tasks) if args.num_train_tasks is None else args.num_train_tasks
+    args = dataclasses.replace(args, num_train_tasks=n_train)
+    positive = ("num_iterations", "num_train_tasks", "meta_batch", "num_tasks_sample", "num_train_steps_per_itr",
+                "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "latent_size", "net_size",
+                "encoder_size", "replay_buffer_size", "eval_interval", "video_interval", "num_exp_traj_eval",
+                "num_initial_steps")
+    for k in positive:
+        if getattr(args, k) <= 0:
+            raise SystemExit(f"error: --{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    for k in ("num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior", "kl_lambda"):
+        if getattr(args, k) < 0:
+            raise SystemExit(f"error: --{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
+    if not (0 <= args.discount <= 1) or args.reward_scale <= 0 or args.learning_rate <= 0:
+        raise SystemExit("error: need 0 <= --discount <= 1, --reward-scale > 0 and --learning-rate > 0")
+    if n_train > len(env.train_tasks):
+        raise SystemExit(f"error: --num-train-tasks {n_train} > the {len(env.train_tasks)} train tasks of {args.env}")
+    if args.meta_batch > n_train:
+        raise SystemExit(f"error: --meta-batch {args.meta_batch} > the {n_train} train tasks of {args.env}")
+    if args.num_steps_prior + args.num_steps_posterior == 0 and args.num_extra_rl_steps_posterior > 0:
+        raise SystemExit("error: extra RL steps infer z from the encoder buffer: need prior or posterior steps > 0")
+    if args.critic_dense_reward and not hasattr(env, "evaluate_dense"):
+        raise SystemExit(f"error: --critic-dense-reward needs a family with a dense reward; {args.env} has none")
+    return args
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -654,8 +661,9 @@ if __name__ == "__main__":
                 print(f"collecting the initial pool: {args.num_initial_steps} transitions for each of "
                       f"{len(train_tasks)} train tasks, z from the prior", flush=True)
                 for i, task in enumerate(train_tasks):
-                    trajs += collect_data(env, agent, i, task, args.num_initial_steps, False, True, rl_buf, enc_buf,
-                                          args, ctx_dim, rng, device)
+                    trajs += collect_data(env, agent, i, task, args.num_initial_steps, rl_buf, enc_buf, args, ctx_dim,
+                                          rng, device, update_posterior=False, add_to_encoder=True)
+
             for _ in range(args.num_tasks_sample):
                 i = int(rng.integers(len(train_tasks)))
                 trajs += collect_for_task(env, agent, i, train_tasks[i], rl_buf, enc_buf, args, ctx_dim, rng, device)

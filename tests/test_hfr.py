@@ -37,12 +37,12 @@ def test_eq8_hand_computed():
 
 def test_hardmax_picks_the_argmax_and_sampling_follows_q():
     u = np.array([LN2, LN8, LN4])
-    q = hfr.relabel_distribution(u, np.zeros(3), hardmax=True)
+    q = np.eye(3)[np.argmax(u)]  # the hard-max of (2, 8, 4): the Relabeler's ablation, tested below
     assert q.tolist() == [0.0, 1.0, 0.0]
     rng = np.random.default_rng(0)
-    assert set(hfr.sample_rows(np.repeat(q[None], 1000, 0), rng).tolist()) == {1}
+    assert set(hfr.sample_categorical(np.repeat(q[None], 1000, 0), rng).tolist()) == {1}
     soft = hfr.relabel_distribution(u, np.zeros(3))  # (2, 8, 4) / 14
-    counts = np.bincount(hfr.sample_rows(np.repeat(soft[None], 20000, 0), rng), minlength=3) / 20000
+    counts = np.bincount(hfr.sample_categorical(np.repeat(soft[None], 20000, 0), rng), minlength=3) / 20000
     np.testing.assert_allclose(counts, [2 / 14, 8 / 14, 4 / 14], atol=0.015)
     np.testing.assert_allclose(hfr.entropy(soft), -(soft * np.log(soft)).sum())
     assert hfr.entropy(q) == 0.0

@@ -186,8 +186,8 @@ def test_sparse_point_robot_recipe_critic_dense_encoder_sparse():
     enc = pearl.TaskReplayBuffers(4, 1000, obs_dim, act_dim)
     env.reset(seed=0)
     task = env.train_tasks[0]
-    pearl.collect_data(env, agent, 0, task, 40, False, True, rl, enc, args, ctx_dim, np.random.default_rng(0),
-                       torch.device("cpu"))
+    pearl.collect_data(env, agent, 0, task, 40, rl, enc, args, ctx_dim, np.random.default_rng(0), torch.device("cpu"),
+                       update_posterior=False, add_to_encoder=True)
     o, a = obs_dim, obs_dim + act_dim
     rows = rl.data[0, :40]
     dense = env.evaluate_dense(rows[:, :o], rows[:, o:a], rows[:, a + 1:a + 1 + o], task)
@@ -213,15 +213,15 @@ def test_reward_delay_stores_what_the_delayed_env_paid():
     agent, obs_dim, act_dim, ctx_dim = tiny_agent(env, args)
     task = env.train_tasks[0]
     env.set_task(task)
-    traj = pearl.rollout(env, agent, torch.zeros(1, args.latent_size), False, torch.device("cpu"))
+    traj = pearl.rollout(env, agent, torch.zeros(1, args.latent_size), torch.device("cpu"), deterministic=False)
     rew, critic, _ = pearl.trajectory_rewards(env, traj, task, args)
     np.testing.assert_allclose(rew, traj["rew"], rtol=1e-9, atol=1e-9)  # env.step's delayed payments
     np.testing.assert_array_equal(rew, critic)
     assert (rew.nonzero()[0] == [6, 13, 20, 27, 29]).all()
     rl = pearl.TaskReplayBuffers(4, 1000, obs_dim, act_dim)
     enc = pearl.TaskReplayBuffers(4, 1000, obs_dim, act_dim)
-    pearl.collect_data(env, agent, 0, task, 60, False, True, rl, enc, args, ctx_dim, np.random.default_rng(0),
-                       torch.device("cpu"))
+    pearl.collect_data(env, agent, 0, task, 60, rl, enc, args, ctx_dim, np.random.default_rng(0), torch.device("cpu"),
+                       update_posterior=False, add_to_encoder=True)
     for buf in (rl, enc):  # both buffers: zero except at the payment steps of each 30-step episode
         assert (buf.data[0, :60, obs_dim + act_dim].nonzero()[0] % 30 == [6, 13, 20, 27, 29] * 2).all()
 

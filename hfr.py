@@ -1,21 +1,30 @@
 """HFR: Hindsight Foresight Relabeling for Meta-Reinforcement Learning (Wan, Peng, Gangwani, ICLR 2022) on PEARL.
 
 Paper: https://arxiv.org/abs/2109.09031   Authors' code: michaelwan11/hfr (built on oyster, PEARL's code).
-This file is pearl.py plus HFR's relabeler: `diff pearl.py hfr.py` shows exactly what HFR adds. Comments cite
-PEARL's equations as pearl.py does (PEARL paper, Eq. 1-4) and HFR's by the HFR paper's numbers:
-    Eq. 4     U_psi(tau): return of the policy adapted with tau, under task psi       (the utility)
-    Eq. 8     q(psi | tau) ~ p(psi) exp(U_psi(tau) - log Z(psi))                      -> relabel_distribution
-    Eq. 9     U_psi(tau) ~ E_{s1 ~ B_psi, a1 ~ pi(.|s1, z ~ q(z|tau under r_psi))} Q(s1, a1, z)  -> utility
-    Alg. 1    ComputeUtility / GetLogPartition                     -> utility / Relabeler.update_log_partition
-    §5.2      q_eps ~ exp((U - log Z) / eps), eps -> 0 is the hard-max                -> --epsilon, --hardmax
+This file is pearl.py (PEARL, arXiv:1903.08254) plus HFR's relabeler: `diff pearl.py hfr.py` shows what HFR adds.
+Equation and algorithm numbers in comments are the PEARL paper's own:
+    Eq. 1  E_T[ E_{z~q(z|c)}[ R(T, z) + beta KL( q(z|c) || N(0, I) ) ] ]   -> kl_lambda * KL, R = the critic loss
+    Eq. 2  q(z | c_1:N) ~ prod_n Psi(z | c_n), Gaussian factors             -> ContextEncoder, product_of_gaussians
+    Eq. 3  L_critic = E[ (Q(s, a, z) - (r + V_bar(s', z_bar)))^2 ]         -> Q loss, trains Q and the encoder
+    Eq. 4  L_actor  = E[ KL( pi(a|s, z_bar) || exp(Q(s, a, z_bar)) / Z(s) ) ] -> policy loss, z detached
+    Alg. 1 meta-training (collect data per task, then gradient steps); Alg. 2 meta-testing
+plus SAC-v1's V loss (Haarnoja et al. 2018), which the authors' code trains beside Eq. 3 and Eq. 4;
+and, for the relabeler, the HFR paper's ("Algorithm 1" is HFR's algorithm box, "Alg. 1" PEARL's):
+    Eq. 8  q(psi | tau) ~ p(psi) exp(U_psi(tau) - log Z(psi)); §5.2's temperature exp(. / eps) -> relabel_distribution
+    Eq. 9  U_psi(tau) (Eq. 4) ~ E_{s1 ~ B_psi, a1 ~ pi(.|s1, z ~ q(z|tau under r_psi))} Q(s1, a1, z)  -> utility
+    Algorithm 1: ComputeUtility -> utility, GetLogPartition -> Relabeler.update_log_partition
 
-What the file does: PEARL meta-training (encoder q(z|c), SAC conditioned on z, an RL and an encoder buffer per
-task), where every collected batch of trajectories passes through the Relabeler. For half of the collection
-calls (never the initial data) each trajectory is rewritten with every train task's reward (env.evaluate),
-scored by how well the policy adapted on it would do on that task (Eq. 9, one batched encoder and Q pass over
-all tasks), and stored, with the rewards and terminals of the task drawn from Eq. 8, in THAT task's buffers
-instead of its own. The baselines of the paper's comparison: --relabel hipi (per transition, Q - log Z, HIPI),
-random (a uniform task per trajectory, every call), none (PEARL).
+What the file does: a context encoder q(z|c) turns a batch of transitions (s, a, r[, s']) of one task into a
+Gaussian over a latent z (a product of per-transition Gaussian factors, Eq. 2); the SAC policy, twin Q and V are
+conditioned on z. Meta-training (Alg. 1) collects data per task with z from the prior and from the posterior,
+keeps an RL buffer and an encoder buffer per task, and takes gradient steps on a meta-batch of tasks as one
+batched (tasks, batch, .) computation. Meta-test (Alg. 2): explore with z from the prior, then act with the
+posterior inferred from the context gathered online (the protocol of the authors' code).
+HFR: for half of the collection calls (never the initial data) each trajectory is rewritten with every train task's
+reward (env.evaluate), scored by how well the policy adapted on it would do on each task (Eq. 9, one batched pass),
+and stored, with the rewards and terminals of the task drawn from Eq. 8, in THAT task's buffers instead of its own.
+Baselines: --relabel hipi (per transition, Q - log Z, HIPI), random (a uniform task per trajectory), none (PEARL).
+
 
 Reproduce the paper's Four-Corners comparison (Fig. 2; paper size, except that each of the 4 tasks is in every
 meta-batch once with batch 512, where the authors draw 8 of the 4 tasks with replacement):
@@ -26,14 +35,18 @@ The headline run (Sawyer push, Fig. 6; `--help` says what it costs):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import random
+import signal
+import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Literal, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -134,10 +147,8 @@ class Args:
     video_interval: int = 25
     """with --capture-video, write a GIF at evaluations of every N-th iteration (and after the last)"""
 
-    # ---- HFR: the relabeler (the authors' defaults; utility_batch_size None = the --env value of UTILITY_BATCH_SIZE)
-    relabel: str = "hfr"
-    """hfr (Eq. 8-9), hipi (per transition, Q - log Z over the trajectory), random (uniform task, every call) or
-    none (PEARL)"""
+    relabel: Literal["hfr", "hipi", "random", "none"] = "hfr"
+    """hfr (Eq. 8-9), hipi (per transition, Q - log Z), random (a uniform task, every call) or none (PEARL)"""
     utility_batch_size: Optional[int] = None
     """N: start states per task in Eq. 9 (Fig. 8a); default 256, four-corners 1024, ant-goal-sparse 64"""
     epsilon: float = 1.0
@@ -147,8 +158,8 @@ class Args:
     partition: bool = True
     """subtract log Z in Eq. 8; --no-partition drops it (Fig. 8b)"""
     learned_reward: bool = False
-    """rewrite rewards with a reward model r(s, a, task) fit to the RL batches instead of env.evaluate (Fig. 8c/d);
-    terminals still come from env.evaluate, as in the authors' code"""
+    """relabel rewards with a model r(s, a, task) fit to the RL batches, terminals with env.evaluate (Fig. 8c/d)"""
+
     relabel_prob: float = 0.5
     """chance that a collection call's trajectories are relabeled (hfr, hipi); the others stay with their task"""
     log_partition_samples: int = 20
@@ -339,8 +350,8 @@ def trajectory_rewards(env: envs.TaskEnv, traj: dict, task: np.ndarray, args: Ar
 
 # ---------------------------------------------------------------------------------------------- HFR: the relabeler
 def relabel_distribution(utility, log_z, epsilon: float = 1.0) -> np.ndarray:
-    """Eq. 8 with the temperature of §5.2, as probabilities: q(j | tau) = softmax_j((U_j(tau) - log Z_j) / epsilon)
-    over the last axis (the uniform prior p(psi) cancels; epsilon = 1 is Eq. 8 itself)."""
+    """Eq. 8 as probabilities, with §5.2's temperature: q(j | tau) = softmax_j((U_j(tau) - log Z_j) / epsilon) over
+    the last axis (the uniform prior p(psi) cancels; epsilon = 1 is Eq. 8 itself)."""
     logits = (np.asarray(utility, np.float64) - np.asarray(log_z, np.float64)) / epsilon
     q = np.exp(logits - logits.max(-1, keepdims=True))
     return q / q.sum(-1, keepdims=True)
@@ -358,32 +369,21 @@ def sample_categorical(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (cdf > rng.random(q.shape[:-1] + (1,))).argmax(-1)
 
 
-def entropy(q: np.ndarray) -> np.ndarray:
-    """H(q) in nats over the last axis (0 log 0 = 0)."""
-    return -(q * np.log(np.where(q > 0, q, 1.0))).sum(-1)
-
-
 @torch.inference_mode()
 def utility(agent: PEARL, context: torch.Tensor, start_obs: torch.Tensor) -> torch.Tensor:
-    """Eq. 9 (Algorithm 1, ComputeUtility) for a batch (...) of (trajectory, task) pairs at once: the trajectory
-    under the task's reward, context (..., T, ctx_dim), gives z ~ q(z | context) (the adaptation f_phi); the task's
-    start states start_obs (..., N, obs_dim) and a1 ~ pi(. | s1, z) give U = mean_n min(Q1, Q2)(s1_n, a1_n, z).
-    No -log pi term, as in the authors' code. One encoder pass and one policy / Q pass for all pairs."""
+    """Eq. 9 (Algorithm 1, ComputeUtility) for a batch (...) of (trajectory, task) pairs: the trajectory under the
+    task's reward, context (..., T, ctx_dim), gives z ~ q(z | context) (the adaptation f_phi); the task's start states
+    (..., N, obs_dim) and a1 ~ pi(. | s1, z) give U = mean_n min(Q1, Q2)(s1_n, a1_n, z), no -log pi (the authors')."""
     z = sample_z(*agent.encoder(context))[..., None, :].expand(*start_obs.shape[:-1], -1)
     s_a_z = torch.cat([start_obs, agent.policy.act(start_obs, z, deterministic=False), z], -1)
     return torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float().mean((-2, -1))
 
 
 class Relabeler:
-    """Where collected trajectories go (the authors' relabel_hfr_q), and the state HFR keeps:
-      * orig_buf: per task, the ORIGINAL data of its latest collection (cleared when the task is sampled). The
-        collection posterior is inferred from it and log Z is estimated on it, since with relabeling a task's
-        encoder buffer also holds trajectories of other tasks.
-      * start_buf: the first transition of every trajectory stored in a task's RL buffer (s1 ~ B_psi of Eq. 9).
-      * encoder buffers are cleared lazily, the first time data (original or relabeled) reaches the task in an
-        iteration, so that relabeled data which arrives before the task's own collection is kept.
-    A collection call's trajectories are relabeled with probability relabel_prob (--relabel random: always; the
-    initial data: never). A relabeled trajectory goes ONLY to the chosen task's RL and encoder buffers."""
+    """Where collected trajectories go (the authors' relabel_hfr_q), and HFR's state: orig_buf, per task the ORIGINAL
+    data of its latest collection (read by the collection posterior and log Z: encoder buffers hold relabeled data);
+    start_buf, the first transition of every trajectory in a task's RL buffer (s1 ~ B_psi, Eq. 9); lazy clearing of
+    the encoder buffers (when data first reaches a task in an iteration). docs/hfr.md says when and where."""
 
     def __init__(self, env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, device):
         K = len(train_tasks)
@@ -396,7 +396,7 @@ class Relabeler:
         self.log_z = np.zeros(K)  # Algorithm 1's log Z: refreshed after each iteration's collection, zeros before
         self.cleared = np.zeros(K, bool)
         self.reward_model = self.reward_optim = None
-        if args.learned_reward:  # r(s, a, task): an MLP like the critics (Fig. 8c/d, see the block below)
+        if args.learned_reward:  # r(s, a, task), an MLP like the critics (Fig. 8c/d, in the block below)
             self.reward_model = Critic(obs_dim + act_dim + env.task_dim, args.net_size).to(device)
             self.reward_optim = torch.optim.Adam(self.reward_model.parameters(), lr=args.learning_rate)
         self.seconds, self.stats = 0.0, dict.fromkeys(("trajs", "relabeled", "steps", "moved", "decisions",
@@ -408,35 +408,25 @@ class Relabeler:
     def begin_iteration(self) -> None:
         self.cleared[:] = False
 
-    def rewrite(self, traj: dict):
-        """Hindsight (Algorithm 1, ComputeUtility: r_t -> r_psi(s_t, a_t)): (reward the encoder sees, critic reward,
-        terminated) of traj under every train task, (K, T) each, from env.evaluate."""
-        rew, critic, done = trajectory_rewards(self.env, traj, self.tasks[:, None], self.args)
-        if self.reward_model is not None:  # Fig. 8c/d
-            rew = critic = self.predicted_reward(traj)
-        return rew, critic, done
-
     def hfr_distribution(self, traj: dict, rew: np.ndarray, rng) -> np.ndarray:
-        """Foresight: Algorithm 1 for one trajectory, U_j for every task j in one batched pass (Eq. 9), then the
-        probabilities of Eq. 8. -> (1, K)"""
+        """Foresight: U_j of Eq. 9 for every task j in one batched pass, then Eq. 8. -> (1, K)"""
         K, col = len(self.tasks), self.obs_dim + self.act_dim
         context = np.repeat(pack(traj, rew[0])[None], K, 0)
         context[:, :, col] = rew  # hindsight: r_t replaced by r_psi_j(s_t, a_t), task j in row j
         start_obs = self.start_buf.sample(np.arange(K), self.args.utility_batch_size, rng)[..., :self.obs_dim]
         u = utility(self.agent, self.tensor(context[..., :self.ctx_dim]), self.tensor(start_obs)).cpu().numpy()
-        return self.softmax(u[None], self.log_z)
+        return self.eq8(u[None], self.log_z)
 
-    def softmax(self, u: np.ndarray, log_z) -> np.ndarray:
-        """Eq. 8 over the train tasks (last axis); --no-partition and --hardmax are in the block below."""
-        if not self.args.partition or self.args.hardmax:
+    def eq8(self, u: np.ndarray, log_z) -> np.ndarray:
+        """Eq. 8 over the train tasks (the last axis) for scores u, log Z subtracted."""
+        if not self.args.partition or self.args.hardmax:  # the ablations, in the block below
             return self.ablated_distribution(u, log_z)
         return relabel_distribution(u, log_z, self.args.epsilon)
 
     @torch.inference_mode()
     def update_log_partition(self, rng) -> None:
-        """Algorithm 1, GetLogPartition, for all tasks at once: log Z_j = log mean_m exp U_j(tau_m), tau_m = H
-        transitions of task j's recent original data. Once per iteration after collection, as the authors, so the
-        next iteration relabels with it."""
+        """Algorithm 1, GetLogPartition, all tasks at once: log Z_j = log mean_m exp U_j(tau_m), tau_m = H transitions
+        of task j's recent original data; once per iteration after collection (the next one relabels with it)."""
         if self.args.relabel != "hfr" or not self.args.partition:
             return
         t0 = time.time()
@@ -449,32 +439,31 @@ class Relabeler:
         self.log_z[tasks] = log_mean_exp(torch.stack(u), 0).cpu().numpy()
         self.seconds += time.time() - t0
 
-    def store(self, batch: list[dict], task_idx: int, add_to_encoder: bool, may_relabel: bool, rng) -> None:
-        """§4.2: one collection call's trajectories (already scored under their own task by collect_data) go to
-        their task's buffers or, relabeled, each to the buffers of a task drawn from q(psi | tau)."""
+    def store(self, batch: list[dict], task_idx: int, rng, *, add_to_encoder: bool, may_relabel: bool) -> None:
+        """§4.2: a collection call's trajectories go to their task's buffers or, relabeled, to a task drawn from q."""
         for traj in batch:  # the originals always go to the task's recent-data buffer
             self.orig_buf.add_trajectory(task_idx, pack(traj, traj["rew"]))
-        mode, n = self.args.relabel, len(batch)
+        mode, s = self.args.relabel, self.stats
         relabel = may_relabel and mode != "none" and (mode == "random" or rng.random() < self.args.relabel_prob)
-        self.stats["trajs"] += n if may_relabel else 0
+        s["trajs"] += len(batch) if may_relabel else 0
         if not relabel:
             for traj in batch:
                 self.add(np.full(len(traj["rew"]), task_idx), traj, traj["rew"], traj["critic_rew"], traj["done"],
                          add_to_encoder=add_to_encoder)
             return
         t0 = time.time()
-        for traj in batch:
-            rew, critic, done = self.rewrite(traj)
+        for traj in batch:  # hindsight (Algorithm 1, ComputeUtility: r_t -> r_psi(s_t, a_t)), (K, T), then foresight
+            rew, critic, done = trajectory_rewards(self.env, traj, self.tasks[:, None], self.args)
+            if self.reward_model is not None:  # Fig. 8c/d, in the block below
+                rew = critic = self.predicted_reward(traj)
             q = self.hfr_distribution(traj, rew, rng) if mode == "hfr" else self.baseline_distribution(traj, rng)
             T = len(traj["rew"])
             dest = np.broadcast_to(sample_categorical(q, rng), (T,))  # a task per trajectory (per transition: HIPI)
             t = np.arange(T)
             self.add(dest, traj, rew[dest, t], critic[dest, t], done[dest, t], add_to_encoder=add_to_encoder)
-            self.stats["relabeled"] += 1
-            self.stats["steps"] += T
-            self.stats["moved"] += (dest != task_idx).sum()
-            self.stats["decisions"] += len(q)
-            self.stats["entropy"] += entropy(q).sum()
+            s["relabeled"], s["steps"], s["decisions"] = s["relabeled"] + 1, s["steps"] + T, s["decisions"] + len(q)
+            s["moved"] += (dest != task_idx).sum()
+            s["entropy"] -= (q * np.log(np.where(q > 0, q, 1.0))).sum(-1).sum()  # H(q) in nats, 0 log 0 = 0
         self.seconds += time.time() - t0
 
     def add(self, dest: np.ndarray, traj: dict, rew, critic_rew, done, *, add_to_encoder: bool) -> None:
@@ -491,9 +480,7 @@ class Relabeler:
                 self.enc_buf.add_trajectory(j, enc_rows[dest == j])
 
     def pop_stats(self) -> dict:
-        """relabel/* and time/relabel of the iteration (then reset): the share of collected trajectories that went
-        through the relabeler, the share of their transitions that changed task, the mean entropy of q, the mean
-        log Z, and the relabeler's seconds (part of time/collect, and of time/update with --learned-reward)."""
+        """relabel/* and time/relabel (a part of time/collect, and of time/update) of the iteration, then reset."""
         s = self.stats
         log_z = self.log_z.mean() if self.args.relabel == "hfr" else s["log_z"] / max(s["relabeled"], 1)
         out = {"relabel/fraction_relabeled": s["relabeled"] / max(s["trajs"], 1),
@@ -504,24 +491,23 @@ class Relabeler:
         return out
 
     def state_dict(self) -> dict:
-        return {"orig_buf": self.orig_buf.state_dict(), "start_buf": self.start_buf.state_dict(),
-                "log_z": self.log_z.copy(), "cleared": self.cleared.copy(),
-                "reward_model": None if self.reward_model is None else self.reward_model.state_dict(),
-                "reward_optim": None if self.reward_optim is None else self.reward_optim.state_dict()}
+        parts = {"orig_buf": self.orig_buf, "start_buf": self.start_buf, "reward_model": self.reward_model,
+                 "reward_optim": self.reward_optim}
+        return {"log_z": self.log_z.copy(), "cleared": self.cleared.copy(),
+                **{k: v.state_dict() for k, v in parts.items() if v is not None}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.orig_buf.load_state_dict(state["orig_buf"]), self.start_buf.load_state_dict(state["start_buf"])
         self.log_z[:], self.cleared[:] = state["log_z"], state["cleared"]
-        if self.reward_model is not None:
-            self.reward_model.load_state_dict(state["reward_model"])
-            self.reward_optim.load_state_dict(state["reward_optim"])
+        for k in ("orig_buf", "start_buf") + (("reward_model", "reward_optim") if self.reward_model else ()):
+            getattr(self, k).load_state_dict(state[k])
 
-    # ---- baselines and ablations (not part of Algorithm 1) ----------------------------------------------------
+    # ---- baselines and ablations (not part of Algorithm 1) -------------------------------------------------------
     @torch.inference_mode()
     def baseline_distribution(self, traj: dict, rng) -> np.ndarray:
-        """--relabel random: a uniform task per trajectory, (1, K). --relabel hipi, as the authors ran HIPI inside
-        their code (relabel_hipi), per transition, (T, K): z_j from a context batch of task j's encoder buffer,
-        Q_j(s_t, a_t) = min(Q1, Q2)(s_t, a_t, z_j), log Z_j = log mean_t exp Q_j, p(j | s_t, a_t) ~ exp(Q_j - log Z_j)."""
+        """--relabel random: a uniform task per trajectory, (1, K). --relabel hipi, HIPI as the authors ran it
+        (relabel_hipi), per transition, (T, K): z_j from a context batch of task j's encoder buffer,
+        Q_j(s_t, a_t) = min(Q1, Q2)(s_t, a_t, z_j), log Z_j = log mean_t exp Q_j, p(j | s_t, a_t) ~ exp(Q_j - log Z_j)
+        (its argmax with --hardmax)."""
         K, T = len(self.tasks), len(traj["obs"])
         if self.args.relabel == "random":
             return np.full((1, K), 1.0 / K)
@@ -532,20 +518,18 @@ class Relabeler:
         q = torch.min(self.agent.qf1(s_a_z), self.agent.qf2(s_a_z)).float()[..., 0]
         log_z = log_mean_exp(q, 1).cpu().numpy()
         self.stats["log_z"] += log_z.mean()
-        return self.softmax(q.T.cpu().numpy(), log_z)
+        return self.eq8(q.T.cpu().numpy(), log_z)
 
     def ablated_distribution(self, u: np.ndarray, log_z) -> np.ndarray:
         """--no-partition (Fig. 8b): Eq. 8 without log Z; --hardmax (Fig. 8e-h, §5.2's epsilon -> 0): all the mass
         on the argmax of U - log Z."""
         log_z = np.asarray(log_z if self.args.partition else 0.0, np.float64)
         logits = (np.asarray(u, np.float64) - log_z) / self.args.epsilon
-        if self.args.hardmax:
-            return np.eye(logits.shape[-1])[logits.argmax(-1)]
-        return relabel_distribution(logits, 0.0)
+        return np.eye(logits.shape[-1])[logits.argmax(-1)] if self.args.hardmax else relabel_distribution(logits, 0.0)
 
     @torch.inference_mode()
     def predicted_reward(self, traj: dict) -> np.ndarray:
-        """--learned-reward (Fig. 8c/d): r(s, a, task) of the reward model for every train task, (K, T)."""
+        """--learned-reward (Fig. 8c/d): the reward model's r(s, a, task) for every train task, (K, T)."""
         K, T = len(self.tasks), len(traj["obs"])
         obs, act = (self.tensor(traj[k]).expand(K, T, -1) for k in ("obs", "act"))
         x = torch.cat([obs, act, self.tensor(self.tasks)[:, None].expand(K, T, -1)], -1)
@@ -553,8 +537,7 @@ class Relabeler:
 
     def reward_model_step(self, batch: torch.Tensor, tasks: np.ndarray) -> torch.Tensor:
         """Fit r(s, a, task) by MSE to the RL batch of a gradient step, as the authors train theirs beside Q."""
-        t0 = time.time()
-        o, a = self.obs_dim, self.obs_dim + self.act_dim
+        t0, a = time.time(), self.obs_dim + self.act_dim
         task = self.tensor(self.tasks[tasks])[:, None].expand(-1, batch.shape[1], -1)
         loss = F.mse_loss(self.reward_model(torch.cat([batch[..., :a], task], -1))[..., 0], batch[..., a])
         self.reward_optim.zero_grad(set_to_none=True)
@@ -598,8 +581,9 @@ def collect_data(env, agent, task_idx, task, n_samples, relabeler, args, ctx_dim
                  update_posterior: bool, add_to_encoder: bool, may_relabel: bool) -> list[dict]:
     """Alg. 1's "sample z ~ q(z|c), gather data, update c" (oyster's collect_data): whole trajectories from
     z ~ prior (a new z each trajectory) until n_samples transitions; with update_posterior, z is re-inferred after
-    every trajectory from a fresh context batch of the task's recent original data (HFR: its encoder buffer may
-    hold relabeled data). Returns the trajectories (stored, through the relabeler)."""
+    every trajectory from a fresh context batch of the task's recent data. Returns the trajectories (stored)."""
+
+
     env.set_task(task)
     z = torch.randn(1, args.latent_size, device=device)
     trajs, n = [], 0
@@ -613,10 +597,8 @@ def collect_data(env, agent, task_idx, task, n_samples, relabeler, args, ctx_dim
             if update_posterior:
                 break
             z = torch.randn_like(z)  # a new z from the prior for every trajectory
-        # ---- add to buffers (HFR): the call's trajectories go, whole, to the RL buffer (critic reward) and, unless
-        # these are extra RL steps, to the encoder buffer (the reward the agent sees) of their own task or, for a
-        # relabeled call, of the task the relabeler draws for each
-        relabeler.store(batch, task_idx, add_to_encoder, may_relabel, rng)
+        # to the buffers of their own task or of the task HFR draws for each
+        relabeler.store(batch, task_idx, rng, add_to_encoder=add_to_encoder, may_relabel=may_relabel)
         trajs += batch
         if update_posterior:
             z = infer_posterior(agent, relabeler.orig_buf.sample(np.array([task_idx]), args.embedding_batch_size,
@@ -625,10 +607,9 @@ def collect_data(env, agent, task_idx, task, n_samples, relabeler, args, ctx_dim
 
 
 def collect_for_task(env, agent, task_idx, task, relabeler, args, ctx_dim, rng, device) -> list[dict]:
-    """One sampled task's data in an iteration (oyster rl_algorithm.train): its recent-data buffer is cleared
-    first (its encoder buffer when data first reaches it, see Relabeler), so the context always comes from recent
-    data; then prior, posterior and extra RL-only posterior steps."""
-    relabeler.orig_buf.clear(task_idx)
+    """One sampled task's data in an iteration (oyster rl_algorithm.train): its recent data is cleared first, so
+    that the context comes from data of the current policy; then prior, posterior and extra RL-only posterior steps."""
+    relabeler.orig_buf.clear(task_idx)  # (its encoder buffer: when data first reaches it, see Relabeler)
     trajs = []
     for n, posterior, to_enc in ((args.num_steps_prior, False, True), (args.num_steps_posterior, True, True),
                                  (args.num_extra_rl_steps_posterior, True, False)):
@@ -726,7 +707,7 @@ def meta_test_run(env, agent, task, args, ctx_dim, device, *, render: bool = Fal
             "frames": trajs[-1]["frames"]}
 
 
-def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
+def meta_test(env, agent, tasks, args, ctx_dim, device, after_task: Callable[[], None] = lambda: None) -> dict:
     """Mean over tasks of (mean over num_evals runs of the LAST trajectory's return), as the authors report; the
     mean return with z from the prior (the level before adaptation); success of the last trajectory; the online
     returns per trajectory index."""
@@ -739,6 +720,7 @@ def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
         any_succ.append(np.mean([any(r["success"]) for r in runs]))
         k = min(len(r["returns"]) for r in runs)
         online.append(np.mean([r["returns"][:k] for r in runs], 0))
+        after_task()
     k = min(len(o) for o in online)
     return {"return": float(np.mean(last)), "return_prior": float(np.mean(prior)), "success_rate": float(np.mean(succ)),
             "success_rate_any_trajectory": float(np.mean(any_succ)),
@@ -790,6 +772,12 @@ PAPER_DEFAULTS = {
 }
 
 
+DEFAULTS["utility_batch_size"] = 256  # HFR's N of Eq. 9 (the authors' configs; four-corners 1024, sparse ant-goal 64)
+PAPER_DEFAULTS["four-corners"]["utility_batch_size"] = 1024
+PAPER_DEFAULTS["ant-goal-sparse"]["utility_batch_size"] = 64
+RUN_FLAGS = ("num_iterations", "cuda", "capture_video", "run_dir", "save_model")  # on --resume the typed value is used
+
+
 def defaults_table() -> str:
     rows = [("(all envs)", DEFAULTS), *PAPER_DEFAULTS.items()]
     return "Per-env defaults (flags override; other envs: the first row, 3 trajectories per eval run):\n" + "\n".join(
@@ -798,177 +786,367 @@ def defaults_table() -> str:
 
 
 def resolve_args(args: Args, env: envs.TaskEnv) -> Args:
-    """Fill every None field from the --env row of PAPER_DEFAULTS; check the numbers (one-line errors)."""
+    """Every None field from the --env row of PAPER_DEFAULTS (and all of the family's train tasks)."""
     row = {**DEFAULTS, "num_steps_per_eval": 3 * env.horizon, **PAPER_DEFAULTS.get(args.env, {}),
-           "use_next_obs_in_context": "dynamics" in env.varies}  # s' in context: the authors' rand-params choice
-    args = dataclasses.replace(args, **{k: v for k, v in row.items() if getattr(args, k) is None})
-    n_train = len(env.train_tasks) if args.num_train_tasks is None else args.num_train_tasks
-    args = dataclasses.replace(args, num_train_tasks=n_train)
-    positive = ("num_iterations", "num_train_tasks", "meta_batch", "num_tasks_sample", "num_train_steps_per_itr",
-                "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "latent_size", "net_size",
-                "encoder_size", "replay_buffer_size", "eval_interval", "video_interval", "num_exp_traj_eval",
-                "num_initial_steps")
-    for k in positive:
-        if getattr(args, k) <= 0:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
-    for k in ("num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior", "kl_lambda"):
-        if getattr(args, k) < 0:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
-    if not (0 <= args.discount <= 1) or args.reward_scale <= 0 or args.learning_rate <= 0:
-        raise SystemExit("error: need 0 <= --discount <= 1, --reward-scale > 0 and --learning-rate > 0")
-    if n_train > len(env.train_tasks):
-        raise SystemExit(f"error: --num-train-tasks {n_train} > the {len(env.train_tasks)} train tasks of {args.env}")
-    if args.meta_batch > n_train:
-        raise SystemExit(f"error: --meta-batch {args.meta_batch} > the {n_train} train tasks of {args.env}")
-    if args.num_steps_prior + args.num_steps_posterior == 0 and args.num_extra_rl_steps_posterior > 0:
-        raise SystemExit("error: extra RL steps infer z from the encoder buffer: need prior or posterior steps > 0")
-    if args.critic_dense_reward and not hasattr(env, "evaluate_dense"):
-        raise SystemExit(f"error: --critic-dense-reward needs a family with a dense reward; {args.env} has none")
-    return args
+           "use_next_obs_in_context": "dynamics" in env.varies,  # s' in context: the authors' rand-params choice
+           "num_train_tasks": len(env.train_tasks)}
+    return dataclasses.replace(args, **{k: v for k, v in row.items() if getattr(args, k) is None})
 
 
-# HFR's utility batch N per env (the authors' configs: 256, four-corners 1024, their sparse ant-goal 64).
-UTILITY_BATCH_SIZE = {"four-corners": 1024, "ant-goal-sparse": 64}
-RELABELERS = ("hfr", "hipi", "random", "none")
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr and exit code 2, as tyro does for a malformed flag."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
-def resolve_hfr_args(args: Args, env: envs.TaskEnv) -> Args:
-    """resolve_args, then HFR's flags: the family check, the per-env utility batch size, one-line errors."""
-    if args.relabel not in RELABELERS:
-        raise SystemExit(f"error: --relabel must be one of {', '.join(RELABELERS)}, got '{args.relabel}'")
-    if "dynamics" in env.varies:  # another task's trajectory is only valid data if the physics are the same
-        raise SystemExit(f"error: {args.env} tasks differ in dynamics ({env.varies}); relabeling rewards cannot help "
-                         "there: use a family whose tasks differ in reward (e.g. four-corners, sparse-point-robot, "
-                         "sawyer-push, cheetah-vel), or pearl.py")
-    args = resolve_args(args, env)
-    if args.utility_batch_size is None:
-        args = dataclasses.replace(args, utility_batch_size=UTILITY_BATCH_SIZE.get(args.env, 256))
-    if args.utility_batch_size <= 0 or args.log_partition_samples <= 0 or args.epsilon <= 0:
-        raise SystemExit("error: --utility-batch-size, --log-partition-samples and --epsilon must be positive")
-    if not 0 <= args.relabel_prob <= 1:
-        raise SystemExit(f"error: --relabel-prob must be in [0, 1], got {args.relabel_prob}")
-    if args.learned_reward and args.relabel == "none":
-        raise SystemExit("error: --learned-reward rewrites relabeled rewards; it needs --relabel hfr, hipi or random")
-    if args.learned_reward and args.critic_dense_reward:
-        raise SystemExit("error: --learned-reward models the reward the agent sees; add --critic-dense-reward False")
-    return args
+def check_args(args: Args) -> tuple[Args, envs.TaskEnv, envs.TaskEnv]:
+    """Every argument checked before anything runs (one line, exit code 2, at the first violation). The envs are
+    built once the flags they take are checked; the paper defaults for --env are filled in, then checked too.
+    Returns the resolved arguments, the training env and the evaluation env."""
+    def need(ok, name: str, allowed: str) -> None:
+        if not ok:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: {allowed}")
 
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Atomic: write a temp file in the same directory, then rename, so Ctrl-C never leaves a torn checkpoint."""
-    tmp = path + ".tmp"
+    if args.env not in envs.names():
+        fail(f"--env {args.env}: unknown; choose one of {', '.join(envs.names())}")
+    need(0 <= args.seed < 2**31, "seed", "must be in [0, 2**31)")  # the eval env uses seed + 10000
+    need(args.reward_delay >= 1, "reward_delay", "must be >= 1")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-if __name__ == "__main__":
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + "\n\n" + defaults_table())
-    checkpoint = None
-    if args.resume is not None:
-        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: --resume {args.resume}: no checkpoint file there")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        saved = Args(**checkpoint["args"])  # the run's hyperparameters; only these may change on resume:
-        args = dataclasses.replace(saved, resume=args.resume, cuda=args.cuda, capture_video=args.capture_video,
-                                   run_dir=args.run_dir or os.path.dirname(os.path.abspath(path)),
-                                   num_iterations=args.num_iterations or saved.num_iterations)
-    try:
-        if args.reward_delay < 1:
-            raise SystemExit(f"error: --reward-delay must be >= 1, got {args.reward_delay}")
         env = envs.make(args.env, seed=args.seed, reward_delay=args.reward_delay)
         eval_env = envs.make(args.env, seed=args.seed + 10_000, reward_delay=args.reward_delay,
                              **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    args = resolve_hfr_args(args, env)
-    run_dir = args.run_dir or f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    args = dataclasses.replace(args, run_dir=run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    print("resolved arguments: " + " ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
-    with open(os.path.join(run_dir, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=1)
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+        fail(f"--capture-video: {e}" if args.capture_video else f"--env {args.env}: {e}")
+    if "dynamics" in env.varies:  # another task's trajectory is valid data for a task only if the physics agree
+        fail(f"--env {args.env}: its tasks vary {env.varies}; hfr.py relabels rewards, so it serves the families "
+             "whose tasks vary in reward only (python -m envs lists them), e.g. four-corners, sawyer-push")
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    env.reset(seed=args.seed)
-    eval_env.reset(seed=args.seed + 10_000)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)
-    train_tasks, test_tasks = env.train_tasks[: args.num_train_tasks], env.test_tasks
-    agent = PEARL(obs_dim, act_dim, ctx_dim, args).to(device)
-    optims = make_optimizers(agent, args.learning_rate)
-    rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
-    enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
-    relabeler = Relabeler(env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, device)
-    start_iter, env_steps, wall_offset = 0, 0, 0.0
-    if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        for k, opt in optims.items():
-            opt.load_state_dict(checkpoint["optims"][k])
-        rl_buf.load_state_dict(checkpoint["rl_buffer"]), enc_buf.load_state_dict(checkpoint["enc_buffer"])
-        relabeler.load_state_dict(checkpoint["relabeler"])
-        start_iter, env_steps, wall_offset = checkpoint["iteration"], checkpoint["env_steps"], checkpoint["wall_time"]
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        env.np_random.bit_generator.state = checkpoint["rng"]["env"]
-        eval_env.np_random.bit_generator.state = checkpoint["rng"]["eval_env"]
-        print(f"resumed from {args.resume} at iteration {start_iter} ({env_steps} env steps)", flush=True)
+    args = resolve_args(args, env)
+    for name in ("num_iterations", "meta_batch", "num_initial_steps", "num_tasks_sample", "num_train_steps_per_itr",
+                 "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "num_exp_traj_eval",
+                 "latent_size", "net_size", "encoder_size", "replay_buffer_size", "eval_interval", "video_interval"):
+        need(getattr(args, name) >= 1, name, "must be >= 1")
+    for name in ("num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior", "kl_lambda",
+                 "policy_mean_reg_weight", "policy_std_reg_weight"):
+        need(0 <= getattr(args, name) < float("inf"), name, "must be >= 0 and finite")
+    for name in ("reward_scale", "learning_rate"):
+        need(0 < getattr(args, name) < float("inf"), name, "must be > 0 and finite")
+    need(0 < args.discount <= 1, "discount", "must be in (0, 1]")
+    need(0 < args.soft_target_tau <= 1, "soft_target_tau", "must be in (0, 1]")
+    n = len(env.train_tasks)
+    need(1 <= args.num_train_tasks <= n, "num_train_tasks", f"must be in [1, {n}] (the train tasks of {args.env})")
+    need(args.meta_batch <= args.num_train_tasks, "meta_batch", f"must be <= --num-train-tasks {args.num_train_tasks}")
+    need(args.num_steps_prior + args.num_steps_posterior >= 1, "num_steps_prior",
+         "and --num-steps-posterior 0: one must be >= 1 (they refill the encoder buffer a sampled task's collection "
+         "clears)")
+    need(args.num_steps_per_eval > args.num_exp_traj_eval * env.horizon, "num_steps_per_eval",
+         f"must exceed --num-exp-traj-eval {args.num_exp_traj_eval} x the horizon {env.horizon}, so that a meta-test "
+         "run has a trajectory with z from the posterior")
+    need(not args.critic_dense_reward or hasattr(env, "evaluate_dense"), "critic_dense_reward",
+         f"needs a family with a dense reward; {args.env} has none")
+    need(args.utility_batch_size >= 1, "utility_batch_size", "must be >= 1")
+    need(args.log_partition_samples >= 1, "log_partition_samples", "must be >= 1")
+    need(0 < args.epsilon < float("inf"), "epsilon", "must be > 0 and finite")
+    need(0 <= args.relabel_prob <= 1, "relabel_prob", "must be in [0, 1]")
+    need(not args.learned_reward or args.relabel != "none", "learned_reward", "needs --relabel hfr, hipi or random")
+    need(not (args.learned_reward and args.critic_dense_reward), "learned_reward", "needs --critic-dense-reward False")
+    return args, env, eval_env
 
-    start_time, start_steps, last_eval = time.time(), env_steps, {}
+
+def parse_args(description: str, argv: list[str]) -> Args:
+    """tyro.cli, with tyro's boxed parse errors condensed to one `error: ...` line (exit code 2 kept)."""
+    captured = io.StringIO()
     try:
-        for it in range(start_iter, args.num_iterations):
-            # ---- collect: initial pool (iteration 0, z ~ prior, every train task), then the sampled tasks
-            t0 = time.time()
-            trajs = []
-            if it == 0:
-                print(f"collecting the initial pool: {args.num_initial_steps} transitions for each of "
-                      f"{len(train_tasks)} train tasks, z from the prior", flush=True)
-                for i, task in enumerate(train_tasks):
-                    trajs += collect_data(env, agent, i, task, args.num_initial_steps, relabeler, args, ctx_dim,
-                                          rng, device, update_posterior=False, add_to_encoder=True,
-                                          may_relabel=False)  # initial data: never relabeled (authors)
-            relabeler.begin_iteration()
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, description=description, args=argv)
+    except SystemExit as e:
+        text = captured.getvalue()
+        if e.code == 2 and text:
+            lines = [line.strip("│╭╮╰╯─ ") for line in text.splitlines()[1:]]
+            body = []
+            for line in lines:  # the box's first paragraph is the message; a rule ends it
+                if not line:
+                    if body:
+                        break
+                    continue
+                body.append(line)
+            fail(" ".join(body))
+        sys.stderr.write(text)
+        raise
 
-            for _ in range(args.num_tasks_sample):
+
+def help_text(env_name: str) -> str:
+    """tyro's description: the paper defaults resolved for --env (every flag whose default is None)."""
+    head = __doc__.split("\n\n")[0]
+    try:
+        args = resolve_args(Args(env=env_name), envs.make(env_name))
+    except Exception:  # an unknown --env (or one this machine cannot build): the table of all envs
+        return f"{head}\n\n{defaults_table()}"
+    resolved = " ".join(f"{f.name}={getattr(args, f.name)}" for f in dataclasses.fields(Args)
+                        if f.default is None and f.name not in ("resume", "run_dir"))
+    return f"{head}\n\n" + textwrap.fill(f"paper defaults for --env {env_name}: {resolved}", 110)
+
+
+class Progress:
+    """One progress line now and then whenever `every` seconds have passed: what runs, work done / total and an
+    ETA from the rates measured so far. The time between two calls is charged to the kind of work reported."""
+
+    def __init__(self, remaining: dict[str, float], every: float = 30.0):
+        self.remaining, self.every = dict(remaining), every
+        self.measured, self.spent = dict.fromkeys(remaining, 0.0), dict.fromkeys(remaining, 0.0)
+        self.t_last = self.t_start = time.time()
+        self.t_printed = -float("inf")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
+        with work left has been measured)."""
+        left = [k for k, v in self.remaining.items() if v > 0]
+        if any(self.measured[k] == 0 for k in left):
+            return None
+        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+
+    def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
+        now = time.time()
+        self.spent[kind] += now - self.t_last
+        self.measured[kind] += amount
+        self.remaining[kind] -= amount
+        self.t_last = now
+        if force or now - self.t_printed >= self.every:
+            self.t_printed = now
+            eta = self.eta()
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
+                  flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+CHECKPOINT_FORMAT = 1
+SCRIPT = os.path.basename(__file__)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
+    previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(resume: str) -> dict:
+    """The checkpoint at `resume` (a file or a run directory holding checkpoint.pt), or a one-line error."""
+    path = os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
+    if not os.path.isfile(path):
+        fail(f"--resume {resume}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty or not a torch file
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); it may have been cut off mid-write")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        who = ckpt.get("script", "an unknown script") if isinstance(ckpt, dict) else "an unknown script"
+        fail(f"--resume {path}: written by {who}, not {SCRIPT}")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"--resume {path}: checkpoint format {ckpt.get('format')}, this {SCRIPT} reads format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def resumed_args(given: Args, ckpt: dict, path: str, argv: list[str]) -> Args:
+    """The checkpoint's (resolved) arguments. A typed flag that differs: --env is an error, RUN_FLAGS take the typed
+    value, any other keeps the checkpoint's; each difference is one warning line. The run continues in the
+    checkpoint's directory unless --run-dir is typed."""
+    args, names = Args(**ckpt["args"]), {f.name for f in dataclasses.fields(Args)}
+    typed = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    typed = {n[3:] if n.startswith("no_") and n[3:] in names else n for n in typed} & names - {"resume"}
+    if "env" in typed and given.env != args.env:
+        fail(f"--resume {path}: written for --env {args.env}, not --env {given.env}")
+    if "num_iterations" in typed and given.num_iterations < ckpt["iteration"]:
+        fail(f"--num-iterations {given.num_iterations}: the checkpoint's run is at iteration {ckpt['iteration']}")
+    same_dir = "run_dir" in typed and os.path.abspath(given.run_dir) == os.path.abspath(args.run_dir)
+    for name in sorted(typed - {"run_dir"} if same_dir else typed):
+        new, old, flag = getattr(given, name), getattr(args, name), "--" + name.replace("_", "-")
+        if new == old:
+            continue
+        if name in RUN_FLAGS:
+            print(f"warning: {flag} {new} (the checkpoint's run had {old}): using {new}", file=sys.stderr)
+            args = dataclasses.replace(args, **{name: new})
+        else:
+            print(f"warning: {flag} {new} differs from the checkpoint's {old}: using the checkpoint's {old}",
+                  file=sys.stderr)
+    args = dataclasses.replace(args, resume=given.resume)
+    if "run_dir" not in typed:
+        args = dataclasses.replace(args, run_dir=os.path.dirname(os.path.abspath(path)))
+    return args
+
+
+
+def parse_command_line(argv: list[str]) -> tuple[Args, envs.TaskEnv, envs.TaskEnv, Optional[dict]]:
+    """argv -> tyro -> --resume merge -> envs -> paper defaults for --env -> checks: the run's arguments, its two
+    envs and the checkpoint to continue from (None for a new run). Nothing is written before this returns."""
+    head = __doc__.split("\n\n")[0]
+    if "-h" in argv or "--help" in argv:  # --help shows the paper defaults of the --env typed beside it
+        env_name = next((a[len("--env="):] for a in argv if a.startswith("--env=")), None)
+        if env_name is None and "--env" in argv[:-1]:
+            env_name = argv[argv.index("--env") + 1]
+        head = help_text(env_name or Args.env)
+    args = parse_args(head, argv)
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_checkpoint(args.resume)
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        args = resumed_args(args, checkpoint, path, argv)
+    args, env, eval_env = check_args(args)
+    if args.run_dir is None:
+        args = dataclasses.replace(args, run_dir=f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    return args, env, eval_env, checkpoint
+
+
+def keep_rows(src: str, dst: str, last_iteration: int) -> None:
+    """Rewrite dst (atomically) as src's eval.jsonl rows up to `last_iteration`: on resume, rows written after the
+    checkpoint (and a half-written last line) are dropped and will be written again."""
+    rows = []
+    if os.path.isfile(src):
+        with open(src) as f:
+            for line in f:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if json.loads(line)["iteration"] <= last_iteration:
+                        rows.append(line if line.endswith("\n") else line + "\n")
+    with open(dst + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(dst + ".tmp", dst)
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    env = eval_env = writer = saved = None  # saved: the last finished checkpoint, named when the run is stopped
+    try:
+        args, env, eval_env, checkpoint = parse_command_line(sys.argv[1:])
+        run_dir = args.run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        ckpt_path, eval_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "eval.jsonl")
+        if os.path.exists(ckpt_path + ".tmp"):  # left by a run killed while writing
+            os.remove(ckpt_path + ".tmp")
+        print("resolved arguments: " + " ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=1)
+
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        rng = np.random.default_rng(args.seed)
+        env.reset(seed=args.seed)
+        eval_env.reset(seed=args.seed + 10_000)
+        device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)
+        train_tasks, test_tasks = env.train_tasks[: args.num_train_tasks], env.test_tasks
+        agent = PEARL(obs_dim, act_dim, ctx_dim, args).to(device)
+        optims = make_optimizers(agent, args.learning_rate)
+        rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
+        enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
+        relabeler = Relabeler(env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, device)
+        start_iter, env_steps, wall_offset = 0, 0, 0.0
+        if checkpoint is not None:
+            agent.load_state_dict(checkpoint["agent"])
+            for k, opt in optims.items():
+                opt.load_state_dict(checkpoint["optims"][k])
+            rl_buf.load_state_dict(checkpoint["rl_buffer"]), enc_buf.load_state_dict(checkpoint["enc_buffer"])
+            relabeler.load_state_dict(checkpoint["relabeler"])
+            start_iter, env_steps = checkpoint["iteration"], checkpoint["env_steps"]
+            wall_offset = checkpoint["wall_time"]
+            rng.bit_generator.state = checkpoint["rng"]["numpy"]
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            env.np_random.bit_generator.state = checkpoint["rng"]["env"]
+            eval_env.np_random.bit_generator.state = checkpoint["rng"]["eval_env"]
+            source = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
+            keep_rows(os.path.join(source, "eval.jsonl"), eval_path, start_iter)  # logs never repeat a row
+            saved = f"{os.path.join(source, 'checkpoint.pt')} (iteration {start_iter})"
+            print(f"resumed from {args.resume} at iteration {start_iter} ({env_steps} env steps)", flush=True)
+        writer = SummaryWriter(run_dir, purge_step=env_steps + 1 if checkpoint else None)
+        if checkpoint is None:
+            table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+
+
+        # progress: env steps of collection, gradient steps, meta-test tasks (whole trajectories overshoot a little)
+        per_iteration = args.num_tasks_sample * (args.num_steps_prior + args.num_steps_posterior
+                                                 + args.num_extra_rl_steps_posterior)
+        total_steps = len(train_tasks) * args.num_initial_steps + args.num_iterations * per_iteration
+        n_evals = sum((i + 1) % args.eval_interval == 0 or i + 1 == args.num_iterations
+                      for i in range(start_iter, args.num_iterations))
+        progress = Progress({"collect": total_steps - env_steps,
+                             "update": (args.num_iterations - start_iter) * args.num_train_steps_per_itr,
+                             "relabel": args.num_iterations - start_iter,  # log Z, once per iteration
+                             "eval": n_evals * (len(test_tasks) + min(len(test_tasks), len(train_tasks)))})
+        start_time, start_steps, last_eval = time.time(), env_steps, {}
+
+        def status(it: int, doing: str) -> str:
+            shown = (f"return {last_eval['eval/return']:.2f}" if last_eval else "-") + (
+                f" success {last_eval['eval/success_rate']:.2f}" if "eval/success_rate" in last_eval else "")
+            return (f"iteration {it + 1}/{args.num_iterations} | {doing} | env steps {env_steps:,}/~{total_steps:,} | "
+                    f"last eval {shown}")
+
+        progress.step("collect", 0, f"{SCRIPT} --env {args.env}: {status(start_iter, 'starting')} | run dir "
+                      f"{run_dir}", force=True)
+        for it in range(start_iter, args.num_iterations):
+            # ---- Alg. 1, collect data: the initial pool (iteration 0, z ~ prior, every train task), then the
+            # sampled tasks (with replacement)
+            t0, trajs = time.time(), []
+            if it == 0:
+                for i, task in enumerate(train_tasks):
+                    new = collect_data(env, agent, i, task, args.num_initial_steps, relabeler, args, ctx_dim, rng,
+                                       device, update_posterior=False, add_to_encoder=True,
+                                       may_relabel=False)  # initial data: never relabeled (authors)
+                    trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
+                    env_steps += n
+                    progress.step("collect", n, status(it, f"initial pool: task {i + 1}/{len(train_tasks)}"))
+            relabeler.begin_iteration()
+            for k in range(args.num_tasks_sample):
                 i = int(rng.integers(len(train_tasks)))
-                trajs += collect_for_task(env, agent, i, train_tasks[i], relabeler, args, ctx_dim, rng, device)
+                new = collect_for_task(env, agent, i, train_tasks[i], relabeler, args, ctx_dim, rng, device)
+                trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
+                env_steps += n
+                progress.step("collect", n, status(it, f"collecting: task {k + 1}/{args.num_tasks_sample}"))
             relabeler.update_log_partition(rng)  # Algorithm 1's log Z for the next iteration's relabeling
-            env_steps += sum(len(t["rew"]) for t in trajs)
+            progress.step("relabel", 1, status(it, "log Z of Algorithm 1"))
             t_collect = time.time() - t0
 
-            # ---- train: num_train_steps_per_itr gradient steps on meta-batches of tasks (with replacement)
+            # ---- Alg. 1, gradient steps on meta-batches of tasks (with replacement)
             t0 = time.time()
-            for _ in range(args.num_train_steps_per_itr):
+            for g in range(args.num_train_steps_per_itr):
                 tasks = rng.integers(len(train_tasks), size=args.meta_batch)
                 batch = torch.from_numpy(rl_buf.sample(tasks, args.batch_size, rng)).to(device)
                 context = torch.from_numpy(enc_buf.sample(tasks, args.embedding_batch_size, rng)[..., :ctx_dim])
                 losses = gradient_step(agent, optims, batch, context.to(device), args, obs_dim, act_dim)
                 if args.learned_reward:
                     losses["reward_model_loss"] = relabeler.reward_model_step(batch, tasks)
+                progress.step("update", 1, status(it, f"gradient step {g + 1}/{args.num_train_steps_per_itr}"))
             t_update = time.time() - t0
 
-            # ---- evaluate: meta-test tasks, and as many train tasks (sampled) with the same protocol
+            # ---- Alg. 2 on the meta-test tasks, and on as many train tasks (sampled) with the same protocol
             t0, last_iter = time.time(), it == args.num_iterations - 1
             evaluated = (it + 1) % args.eval_interval == 0 or last_iter
             if evaluated:
-                test = meta_test(eval_env, agent, test_tasks, args, ctx_dim, device)
+                def tick():
+                    progress.step("eval", 1, status(it, "meta-test"))
+                test = meta_test(eval_env, agent, test_tasks, args, ctx_dim, device, after_task=tick)
                 some_train = rng.choice(len(train_tasks), min(len(test_tasks), len(train_tasks)), replace=False)
-                train = meta_test(eval_env, agent, train_tasks[some_train], args, ctx_dim, device)
+                train = meta_test(eval_env, agent, train_tasks[some_train], args, ctx_dim, device, after_task=tick)
                 last_eval = {"eval/return": test["return"], "eval/return_prior": test["return_prior"],
                              "eval/return_train_tasks": train["return"], "eval/online_returns": test["online_returns"]}
                 if env.has_success:
@@ -981,7 +1159,7 @@ if __name__ == "__main__":
                         envs.save_video(run["frames"], os.path.join(run_dir, "videos", f"iteration_{it + 1}.gif"))
             t_eval = time.time() - t0
 
-            # ---- log: TensorBoard, eval.jsonl, progress line
+            # ---- log: TensorBoard, eval.jsonl, checkpoint, progress line
             wall = wall_offset + time.time() - start_time
             sps = int((env_steps - start_steps) / max(time.time() - start_time, 1e-9))
             scalars = {"charts/SPS": sps, "charts/episodic_return": float(np.mean([t["return"] for t in trajs])),
@@ -989,29 +1167,35 @@ if __name__ == "__main__":
                        **{f"losses/{k}": float(v) for k, v in losses.items()}, **relabeler.pop_stats()}
             if evaluated:
                 scalars.update({k: v for k, v in last_eval.items() if k != "eval/online_returns"})
-                with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
+                with open(eval_path, "a") as f:
                     f.write(json.dumps({"iteration": it + 1, "env_steps": env_steps, "wall_time": round(wall, 2),
                                         **last_eval, **scalars}) + "\n")
             for k, v in scalars.items():
                 writer.add_scalar(k, v, env_steps)
             if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-                    "args": dataclasses.asdict(args), "iteration": it + 1, "env_steps": env_steps, "wall_time": wall,
-                    "agent": agent.state_dict(), "optims": {k: o.state_dict() for k, o in optims.items()},
+                save_checkpoint(ckpt_path, {
+                    "env": args.env, "args": dataclasses.asdict(args), "iteration": it + 1, "env_steps": env_steps,
+                    "wall_time": wall, "agent": agent.state_dict(),
+                    "optims": {k: o.state_dict() for k, o in optims.items()},
                     "rl_buffer": rl_buf.state_dict(), "enc_buffer": enc_buf.state_dict(),
                     "relabeler": relabeler.state_dict(),
                     "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                             "env": env.np_random.bit_generator.state,
                             "eval_env": eval_env.np_random.bit_generator.state}})
-            done_iters = it + 1 - start_iter
-            eta = (time.time() - start_time) / done_iters * (args.num_iterations - it - 1)
-            shown = (f"return {last_eval['eval/return']:.2f}" if last_eval else "-") + (
-                f" success {last_eval['eval/success_rate']:.2f}" if "eval/success_rate" in last_eval else "")
-            print(f"iteration {it + 1}/{args.num_iterations} | env steps {env_steps} | SPS {sps} | "
-                  f"last eval {shown} | update {t_update:.1f}s | ETA {eta / 60:.1f} min", flush=True)
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted; the last finished checkpoint is in {run_dir}")
+                saved = f"{ckpt_path} (iteration {it + 1})"
+            progress.step("eval", 0, status(it, f"done, SPS {sps}, update {t_update:.1f} s"), force=True)
+        print(f"done: eval.jsonl and TensorBoard logs in {run_dir}, "
+              + (f"checkpoint {ckpt_path}" if args.save_model else "no checkpoint (--no-save-model)"), flush=True)
+    except KeyboardInterrupt as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one ending
+        name = stop.args[0] if stop.args else "SIGINT"
+        print(f"stopped by {name}; " + (f"the last finished checkpoint is {saved}" if saved
+                                        else "no checkpoint was written yet"), file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.Signals[name].value)
     finally:
-        writer.close()
-        env.close(), eval_env.close()
+        if writer is not None:
+            writer.close()
+        for e in (env, eval_env):
+            if e is not None:
+                e.close()

@@ -24,14 +24,18 @@ Sparse point robot (critic on the dense reward, encoder on the sparse one, as in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import random
+import signal
+import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -349,7 +353,9 @@ def collect_data(env, agent, task_idx, task, n_samples, rl_buf, enc_buf, args, c
                  update_posterior: bool, add_to_encoder: bool) -> list[dict]:
     """Alg. 1's "sample z ~ q(z|c), gather data, update c" (oyster's collect_data): whole trajectories from
     z ~ prior (a new z each trajectory) until n_samples transitions; with update_posterior, z is re-inferred after
-    every trajectory from a fresh context batch of the task's encoder buffer. Returns the trajectories (stored)."""
+    every trajectory from a fresh context batch of the task's recent data. Returns the trajectories (stored)."""
+
+
     env.set_task(task)
     z = torch.randn(1, args.latent_size, device=device)
     trajs, n = [], 0
@@ -363,9 +369,7 @@ def collect_data(env, agent, task_idx, task, n_samples, rl_buf, enc_buf, args, c
             if update_posterior:
                 break
             z = torch.randn_like(z)  # a new z from the prior for every trajectory
-        # ---- add to buffers: the trajectories go, whole, to their task's RL buffer (critic reward) and, unless
-        # these are extra RL steps, to its encoder buffer (the reward the agent sees)
-        for traj in batch:
+        for traj in batch:  # to the RL buffer (critic reward), unless extra RL steps the encoder buffer (agent's)
             rl_buf.add_trajectory(task_idx, pack(traj, traj["critic_rew"]))
             if add_to_encoder:
                 enc_buf.add_trajectory(task_idx, pack(traj, traj["rew"]))
@@ -377,8 +381,8 @@ def collect_data(env, agent, task_idx, task, n_samples, rl_buf, enc_buf, args, c
 
 
 def collect_for_task(env, agent, task_idx, task, rl_buf, enc_buf, args, ctx_dim, rng, device) -> list[dict]:
-    """One sampled task's data in an iteration (oyster rl_algorithm.train): its encoder buffer is cleared first,
-    so the context always comes from recent data; then prior, posterior and extra RL-only posterior steps."""
+    """One sampled task's data in an iteration (oyster rl_algorithm.train): its recent data is cleared first, so
+    that the context comes from data of the current policy; then prior, posterior and extra RL-only posterior steps."""
     enc_buf.clear(task_idx)
     trajs = []
     for n, posterior, to_enc in ((args.num_steps_prior, False, True), (args.num_steps_posterior, True, True),
@@ -477,7 +481,7 @@ def meta_test_run(env, agent, task, args, ctx_dim, device, *, render: bool = Fal
             "frames": trajs[-1]["frames"]}
 
 
-def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
+def meta_test(env, agent, tasks, args, ctx_dim, device, after_task: Callable[[], None] = lambda: None) -> dict:
     """Mean over tasks of (mean over num_evals runs of the LAST trajectory's return), as the authors report; the
     mean return with z from the prior (the level before adaptation); success of the last trajectory; the online
     returns per trajectory index."""
@@ -490,6 +494,7 @@ def meta_test(env, agent, tasks, args, ctx_dim, device) -> dict:
         any_succ.append(np.mean([any(r["success"]) for r in runs]))
         k = min(len(r["returns"]) for r in runs)
         online.append(np.mean([r["returns"][:k] for r in runs], 0))
+        after_task()
     k = min(len(o) for o in online)
     return {"return": float(np.mean(last)), "return_prior": float(np.mean(prior)), "success_rate": float(np.mean(succ)),
             "success_rate_any_trajectory": float(np.mean(any_succ)),
@@ -541,6 +546,9 @@ PAPER_DEFAULTS = {
 }
 
 
+RUN_FLAGS = ("num_iterations", "cuda", "capture_video", "run_dir", "save_model")  # on --resume the typed value is used
+
+
 def defaults_table() -> str:
     rows = [("(all envs)", DEFAULTS), *PAPER_DEFAULTS.items()]
     return "Per-env defaults (flags override; other envs: the first row, 3 trajectories per eval run):\n" + "\n".join(
@@ -549,143 +557,347 @@ def defaults_table() -> str:
 
 
 def resolve_args(args: Args, env: envs.TaskEnv) -> Args:
-    """Fill every None field from the --env row of PAPER_DEFAULTS; check the numbers (one-line errors)."""
+    """Every None field from the --env row of PAPER_DEFAULTS (and all of the family's train tasks)."""
     row = {**DEFAULTS, "num_steps_per_eval": 3 * env.horizon, **PAPER_DEFAULTS.get(args.env, {}),
-           "use_next_obs_in_context": "dynamics" in env.varies}  # s' in context: the authors' rand-params choice
-    args = dataclasses.replace(args, **{k: v for k, v in row.items() if getattr(args, k) is None})
-    n_train = len(env.train_tasks) if args.num_train_tasks is None else args.num_train_tasks
-    args = dataclasses.replace(args, num_train_tasks=n_train)
-    positive = ("num_iterations", "num_train_tasks", "meta_batch", "num_tasks_sample", "num_train_steps_per_itr",
-                "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "latent_size", "net_size",
-                "encoder_size", "replay_buffer_size", "eval_interval", "video_interval", "num_exp_traj_eval",
-                "num_initial_steps")
-    for k in positive:
-        if getattr(args, k) <= 0:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
-    for k in ("num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior", "kl_lambda"):
-        if getattr(args, k) < 0:
-            raise SystemExit(f"error: --{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
-    if not (0 <= args.discount <= 1) or args.reward_scale <= 0 or args.learning_rate <= 0:
-        raise SystemExit("error: need 0 <= --discount <= 1, --reward-scale > 0 and --learning-rate > 0")
-    if n_train > len(env.train_tasks):
-        raise SystemExit(f"error: --num-train-tasks {n_train} > the {len(env.train_tasks)} train tasks of {args.env}")
-    if args.meta_batch > n_train:
-        raise SystemExit(f"error: --meta-batch {args.meta_batch} > the {n_train} train tasks of {args.env}")
-    if args.num_steps_prior + args.num_steps_posterior == 0 and args.num_extra_rl_steps_posterior > 0:
-        raise SystemExit("error: extra RL steps infer z from the encoder buffer: need prior or posterior steps > 0")
-    if args.critic_dense_reward and not hasattr(env, "evaluate_dense"):
-        raise SystemExit(f"error: --critic-dense-reward needs a family with a dense reward; {args.env} has none")
-    return args
+           "use_next_obs_in_context": "dynamics" in env.varies,  # s' in context: the authors' rand-params choice
+           "num_train_tasks": len(env.train_tasks)}
+    return dataclasses.replace(args, **{k: v for k, v in row.items() if getattr(args, k) is None})
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Atomic: write a temp file in the same directory, then rename, so Ctrl-C never leaves a torn checkpoint."""
-    tmp = path + ".tmp"
+def fail(message: str) -> NoReturn:
+    """A bad input: one line on stderr and exit code 2, as tyro does for a malformed flag."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_args(args: Args) -> tuple[Args, envs.TaskEnv, envs.TaskEnv]:
+    """Every argument checked before anything runs (one line, exit code 2, at the first violation). The envs are
+    built once the flags they take are checked; the paper defaults for --env are filled in, then checked too.
+    Returns the resolved arguments, the training env and the evaluation env."""
+    def need(ok, name: str, allowed: str) -> None:
+        if not ok:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: {allowed}")
+
+    if args.env not in envs.names():
+        fail(f"--env {args.env}: unknown; choose one of {', '.join(envs.names())}")
+    need(0 <= args.seed < 2**31, "seed", "must be in [0, 2**31)")  # the eval env uses seed + 10000
+    need(args.reward_delay >= 1, "reward_delay", "must be >= 1")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-if __name__ == "__main__":
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0] + "\n\n" + defaults_table())
-    checkpoint = None
-    if args.resume is not None:
-        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: --resume {args.resume}: no checkpoint file there")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        saved = Args(**checkpoint["args"])  # the run's hyperparameters; only these may change on resume:
-        args = dataclasses.replace(saved, resume=args.resume, cuda=args.cuda, capture_video=args.capture_video,
-                                   run_dir=args.run_dir or os.path.dirname(os.path.abspath(path)),
-                                   num_iterations=args.num_iterations or saved.num_iterations)
-    try:
-        if args.reward_delay < 1:
-            raise SystemExit(f"error: --reward-delay must be >= 1, got {args.reward_delay}")
         env = envs.make(args.env, seed=args.seed, reward_delay=args.reward_delay)
         eval_env = envs.make(args.env, seed=args.seed + 10_000, reward_delay=args.reward_delay,
                              **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        fail(f"--capture-video: {e}" if args.capture_video else f"--env {args.env}: {e}")
     args = resolve_args(args, env)
-    run_dir = args.run_dir or f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    args = dataclasses.replace(args, run_dir=run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    print("resolved arguments: " + " ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
-    with open(os.path.join(run_dir, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=1)
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    for name in ("num_iterations", "meta_batch", "num_initial_steps", "num_tasks_sample", "num_train_steps_per_itr",
+                 "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "num_exp_traj_eval",
+                 "latent_size", "net_size", "encoder_size", "replay_buffer_size", "eval_interval", "video_interval"):
+        need(getattr(args, name) >= 1, name, "must be >= 1")
+    for name in ("num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior", "kl_lambda",
+                 "policy_mean_reg_weight", "policy_std_reg_weight"):
+        need(0 <= getattr(args, name) < float("inf"), name, "must be >= 0 and finite")
+    for name in ("reward_scale", "learning_rate"):
+        need(0 < getattr(args, name) < float("inf"), name, "must be > 0 and finite")
+    need(0 < args.discount <= 1, "discount", "must be in (0, 1]")
+    need(0 < args.soft_target_tau <= 1, "soft_target_tau", "must be in (0, 1]")
+    n = len(env.train_tasks)
+    need(1 <= args.num_train_tasks <= n, "num_train_tasks", f"must be in [1, {n}] (the train tasks of {args.env})")
+    need(args.meta_batch <= args.num_train_tasks, "meta_batch", f"must be <= --num-train-tasks {args.num_train_tasks}")
+    need(args.num_steps_prior + args.num_steps_posterior >= 1, "num_steps_prior",
+         "and --num-steps-posterior 0: one must be >= 1 (they refill the encoder buffer a sampled task's collection "
+         "clears)")
+    need(args.num_steps_per_eval > args.num_exp_traj_eval * env.horizon, "num_steps_per_eval",
+         f"must exceed --num-exp-traj-eval {args.num_exp_traj_eval} x the horizon {env.horizon}, so that a meta-test "
+         "run has a trajectory with z from the posterior")
+    need(not args.critic_dense_reward or hasattr(env, "evaluate_dense"), "critic_dense_reward",
+         f"needs a family with a dense reward; {args.env} has none")
+    return args, env, eval_env
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    env.reset(seed=args.seed)
-    eval_env.reset(seed=args.seed + 10_000)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)
-    train_tasks, test_tasks = env.train_tasks[: args.num_train_tasks], env.test_tasks
-    agent = PEARL(obs_dim, act_dim, ctx_dim, args).to(device)
-    optims = make_optimizers(agent, args.learning_rate)
-    rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
-    enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
-    start_iter, env_steps, wall_offset = 0, 0, 0.0
-    if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        for k, opt in optims.items():
-            opt.load_state_dict(checkpoint["optims"][k])
-        rl_buf.load_state_dict(checkpoint["rl_buffer"]), enc_buf.load_state_dict(checkpoint["enc_buffer"])
-        start_iter, env_steps, wall_offset = checkpoint["iteration"], checkpoint["env_steps"], checkpoint["wall_time"]
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        env.np_random.bit_generator.state = checkpoint["rng"]["env"]
-        eval_env.np_random.bit_generator.state = checkpoint["rng"]["eval_env"]
-        print(f"resumed from {args.resume} at iteration {start_iter} ({env_steps} env steps)", flush=True)
-
-    start_time, start_steps, last_eval = time.time(), env_steps, {}
+def parse_args(description: str, argv: list[str]) -> Args:
+    """tyro.cli, with tyro's boxed parse errors condensed to one `error: ...` line (exit code 2 kept)."""
+    captured = io.StringIO()
     try:
-        for it in range(start_iter, args.num_iterations):
-            # ---- collect: initial pool (iteration 0, z ~ prior, every train task), then the sampled tasks
-            t0 = time.time()
-            trajs = []
-            if it == 0:
-                print(f"collecting the initial pool: {args.num_initial_steps} transitions for each of "
-                      f"{len(train_tasks)} train tasks, z from the prior", flush=True)
-                for i, task in enumerate(train_tasks):
-                    trajs += collect_data(env, agent, i, task, args.num_initial_steps, rl_buf, enc_buf, args, ctx_dim,
-                                          rng, device, update_posterior=False, add_to_encoder=True)
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(Args, description=description, args=argv)
+    except SystemExit as e:
+        text = captured.getvalue()
+        if e.code == 2 and text:
+            lines = [line.strip("│╭╮╰╯─ ") for line in text.splitlines()[1:]]
+            body = []
+            for line in lines:  # the box's first paragraph is the message; a rule ends it
+                if not line:
+                    if body:
+                        break
+                    continue
+                body.append(line)
+            fail(" ".join(body))
+        sys.stderr.write(text)
+        raise
 
-            for _ in range(args.num_tasks_sample):
+
+def help_text(env_name: str) -> str:
+    """tyro's description: the paper defaults resolved for --env (every flag whose default is None)."""
+    head = __doc__.split("\n\n")[0]
+    try:
+        args = resolve_args(Args(env=env_name), envs.make(env_name))
+    except Exception:  # an unknown --env (or one this machine cannot build): the table of all envs
+        return f"{head}\n\n{defaults_table()}"
+    resolved = " ".join(f"{f.name}={getattr(args, f.name)}" for f in dataclasses.fields(Args)
+                        if f.default is None and f.name not in ("resume", "run_dir"))
+    return f"{head}\n\n" + textwrap.fill(f"paper defaults for --env {env_name}: {resolved}", 110)
+
+
+class Progress:
+    """One progress line now and then whenever `every` seconds have passed: what runs, work done / total and an
+    ETA from the rates measured so far. The time between two calls is charged to the kind of work reported."""
+
+    def __init__(self, remaining: dict[str, float], every: float = 30.0):
+        self.remaining, self.every = dict(remaining), every
+        self.measured, self.spent = dict.fromkeys(remaining, 0.0), dict.fromkeys(remaining, 0.0)
+        self.t_last = self.t_start = time.time()
+        self.t_printed = -float("inf")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
+        with work left has been measured)."""
+        left = [k for k, v in self.remaining.items() if v > 0]
+        if any(self.measured[k] == 0 for k in left):
+            return None
+        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+
+    def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
+        now = time.time()
+        self.spent[kind] += now - self.t_last
+        self.measured[kind] += amount
+        self.remaining[kind] -= amount
+        self.t_last = now
+        if force or now - self.t_printed >= self.every:
+            self.t_printed = now
+            eta = self.eta()
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
+                  flush=True)
+
+
+def hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+CHECKPOINT_FORMAT = 1
+SCRIPT = os.path.basename(__file__)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
+    previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(resume: str) -> dict:
+    """The checkpoint at `resume` (a file or a run directory holding checkpoint.pt), or a one-line error."""
+    path = os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
+    if not os.path.isfile(path):
+        fail(f"--resume {resume}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, empty or not a torch file
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); it may have been cut off mid-write")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        who = ckpt.get("script", "an unknown script") if isinstance(ckpt, dict) else "an unknown script"
+        fail(f"--resume {path}: written by {who}, not {SCRIPT}")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        fail(f"--resume {path}: checkpoint format {ckpt.get('format')}, this {SCRIPT} reads format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def resumed_args(given: Args, ckpt: dict, path: str, argv: list[str]) -> Args:
+    """The checkpoint's (resolved) arguments. A typed flag that differs: --env is an error, RUN_FLAGS take the typed
+    value, any other keeps the checkpoint's; each difference is one warning line. The run continues in the
+    checkpoint's directory unless --run-dir is typed."""
+    args, names = Args(**ckpt["args"]), {f.name for f in dataclasses.fields(Args)}
+    typed = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    typed = {n[3:] if n.startswith("no_") and n[3:] in names else n for n in typed} & names - {"resume"}
+    if "env" in typed and given.env != args.env:
+        fail(f"--resume {path}: written for --env {args.env}, not --env {given.env}")
+    if "num_iterations" in typed and given.num_iterations < ckpt["iteration"]:
+        fail(f"--num-iterations {given.num_iterations}: the checkpoint's run is at iteration {ckpt['iteration']}")
+    same_dir = "run_dir" in typed and os.path.abspath(given.run_dir) == os.path.abspath(args.run_dir)
+    for name in sorted(typed - {"run_dir"} if same_dir else typed):
+        new, old, flag = getattr(given, name), getattr(args, name), "--" + name.replace("_", "-")
+        if new == old:
+            continue
+        if name in RUN_FLAGS:
+            print(f"warning: {flag} {new} (the checkpoint's run had {old}): using {new}", file=sys.stderr)
+            args = dataclasses.replace(args, **{name: new})
+        else:
+            print(f"warning: {flag} {new} differs from the checkpoint's {old}: using the checkpoint's {old}",
+                  file=sys.stderr)
+    args = dataclasses.replace(args, resume=given.resume)
+    if "run_dir" not in typed:
+        args = dataclasses.replace(args, run_dir=os.path.dirname(os.path.abspath(path)))
+    return args
+
+
+
+def parse_command_line(argv: list[str]) -> tuple[Args, envs.TaskEnv, envs.TaskEnv, Optional[dict]]:
+    """argv -> tyro -> --resume merge -> envs -> paper defaults for --env -> checks: the run's arguments, its two
+    envs and the checkpoint to continue from (None for a new run). Nothing is written before this returns."""
+    head = __doc__.split("\n\n")[0]
+    if "-h" in argv or "--help" in argv:  # --help shows the paper defaults of the --env typed beside it
+        env_name = next((a[len("--env="):] for a in argv if a.startswith("--env=")), None)
+        if env_name is None and "--env" in argv[:-1]:
+            env_name = argv[argv.index("--env") + 1]
+        head = help_text(env_name or Args.env)
+    args = parse_args(head, argv)
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_checkpoint(args.resume)
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        args = resumed_args(args, checkpoint, path, argv)
+    args, env, eval_env = check_args(args)
+    if args.run_dir is None:
+        args = dataclasses.replace(args, run_dir=f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    return args, env, eval_env, checkpoint
+
+
+def keep_rows(src: str, dst: str, last_iteration: int) -> None:
+    """Rewrite dst (atomically) as src's eval.jsonl rows up to `last_iteration`: on resume, rows written after the
+    checkpoint (and a half-written last line) are dropped and will be written again."""
+    rows = []
+    if os.path.isfile(src):
+        with open(src) as f:
+            for line in f:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if json.loads(line)["iteration"] <= last_iteration:
+                        rows.append(line if line.endswith("\n") else line + "\n")
+    with open(dst + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(dst + ".tmp", dst)
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    env = eval_env = writer = saved = None  # saved: the last finished checkpoint, named when the run is stopped
+    try:
+        args, env, eval_env, checkpoint = parse_command_line(sys.argv[1:])
+        run_dir = args.run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        ckpt_path, eval_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "eval.jsonl")
+        if os.path.exists(ckpt_path + ".tmp"):  # left by a run killed while writing
+            os.remove(ckpt_path + ".tmp")
+        print("resolved arguments: " + " ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=1)
+
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        rng = np.random.default_rng(args.seed)
+        env.reset(seed=args.seed)
+        eval_env.reset(seed=args.seed + 10_000)
+        device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)
+        train_tasks, test_tasks = env.train_tasks[: args.num_train_tasks], env.test_tasks
+        agent = PEARL(obs_dim, act_dim, ctx_dim, args).to(device)
+        optims = make_optimizers(agent, args.learning_rate)
+        rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
+        enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
+        start_iter, env_steps, wall_offset = 0, 0, 0.0
+        if checkpoint is not None:
+            agent.load_state_dict(checkpoint["agent"])
+            for k, opt in optims.items():
+                opt.load_state_dict(checkpoint["optims"][k])
+            rl_buf.load_state_dict(checkpoint["rl_buffer"]), enc_buf.load_state_dict(checkpoint["enc_buffer"])
+            start_iter, env_steps = checkpoint["iteration"], checkpoint["env_steps"]
+            wall_offset = checkpoint["wall_time"]
+            rng.bit_generator.state = checkpoint["rng"]["numpy"]
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            env.np_random.bit_generator.state = checkpoint["rng"]["env"]
+            eval_env.np_random.bit_generator.state = checkpoint["rng"]["eval_env"]
+            source = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
+            keep_rows(os.path.join(source, "eval.jsonl"), eval_path, start_iter)  # logs never repeat a row
+            saved = f"{os.path.join(source, 'checkpoint.pt')} (iteration {start_iter})"
+            print(f"resumed from {args.resume} at iteration {start_iter} ({env_steps} env steps)", flush=True)
+        writer = SummaryWriter(run_dir, purge_step=env_steps + 1 if checkpoint else None)
+        if checkpoint is None:
+            table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+
+
+        # progress: env steps of collection, gradient steps, meta-test tasks (whole trajectories overshoot a little)
+        per_iteration = args.num_tasks_sample * (args.num_steps_prior + args.num_steps_posterior
+                                                 + args.num_extra_rl_steps_posterior)
+        total_steps = len(train_tasks) * args.num_initial_steps + args.num_iterations * per_iteration
+        n_evals = sum((i + 1) % args.eval_interval == 0 or i + 1 == args.num_iterations
+                      for i in range(start_iter, args.num_iterations))
+        progress = Progress({"collect": total_steps - env_steps,
+                             "update": (args.num_iterations - start_iter) * args.num_train_steps_per_itr,
+                             "eval": n_evals * (len(test_tasks) + min(len(test_tasks), len(train_tasks)))})
+        start_time, start_steps, last_eval = time.time(), env_steps, {}
+
+        def status(it: int, doing: str) -> str:
+            shown = (f"return {last_eval['eval/return']:.2f}" if last_eval else "-") + (
+                f" success {last_eval['eval/success_rate']:.2f}" if "eval/success_rate" in last_eval else "")
+            return (f"iteration {it + 1}/{args.num_iterations} | {doing} | env steps {env_steps:,}/~{total_steps:,} | "
+                    f"last eval {shown}")
+
+        progress.step("collect", 0, f"{SCRIPT} --env {args.env}: {status(start_iter, 'starting')} | run dir "
+                      f"{run_dir}", force=True)
+        for it in range(start_iter, args.num_iterations):
+            # ---- Alg. 1, collect data: the initial pool (iteration 0, z ~ prior, every train task), then the
+            # sampled tasks (with replacement)
+            t0, trajs = time.time(), []
+            if it == 0:
+                for i, task in enumerate(train_tasks):
+                    new = collect_data(env, agent, i, task, args.num_initial_steps, rl_buf, enc_buf, args, ctx_dim,
+                                       rng, device, update_posterior=False, add_to_encoder=True)
+                    trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
+                    env_steps += n
+                    progress.step("collect", n, status(it, f"initial pool: task {i + 1}/{len(train_tasks)}"))
+            for k in range(args.num_tasks_sample):
                 i = int(rng.integers(len(train_tasks)))
-                trajs += collect_for_task(env, agent, i, train_tasks[i], rl_buf, enc_buf, args, ctx_dim, rng, device)
-            env_steps += sum(len(t["rew"]) for t in trajs)
+                new = collect_for_task(env, agent, i, train_tasks[i], rl_buf, enc_buf, args, ctx_dim, rng, device)
+                trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
+                env_steps += n
+                progress.step("collect", n, status(it, f"collecting: task {k + 1}/{args.num_tasks_sample}"))
             t_collect = time.time() - t0
 
-            # ---- train: num_train_steps_per_itr gradient steps on meta-batches of tasks (with replacement)
+            # ---- Alg. 1, gradient steps on meta-batches of tasks (with replacement)
             t0 = time.time()
-            for _ in range(args.num_train_steps_per_itr):
+            for g in range(args.num_train_steps_per_itr):
                 tasks = rng.integers(len(train_tasks), size=args.meta_batch)
                 batch = torch.from_numpy(rl_buf.sample(tasks, args.batch_size, rng)).to(device)
                 context = torch.from_numpy(enc_buf.sample(tasks, args.embedding_batch_size, rng)[..., :ctx_dim])
                 losses = gradient_step(agent, optims, batch, context.to(device), args, obs_dim, act_dim)
+                progress.step("update", 1, status(it, f"gradient step {g + 1}/{args.num_train_steps_per_itr}"))
             t_update = time.time() - t0
 
-            # ---- evaluate: meta-test tasks, and as many train tasks (sampled) with the same protocol
+            # ---- Alg. 2 on the meta-test tasks, and on as many train tasks (sampled) with the same protocol
             t0, last_iter = time.time(), it == args.num_iterations - 1
             evaluated = (it + 1) % args.eval_interval == 0 or last_iter
             if evaluated:
-                test = meta_test(eval_env, agent, test_tasks, args, ctx_dim, device)
+                def tick():
+                    progress.step("eval", 1, status(it, "meta-test"))
+                test = meta_test(eval_env, agent, test_tasks, args, ctx_dim, device, after_task=tick)
                 some_train = rng.choice(len(train_tasks), min(len(test_tasks), len(train_tasks)), replace=False)
-                train = meta_test(eval_env, agent, train_tasks[some_train], args, ctx_dim, device)
+                train = meta_test(eval_env, agent, train_tasks[some_train], args, ctx_dim, device, after_task=tick)
                 last_eval = {"eval/return": test["return"], "eval/return_prior": test["return_prior"],
                              "eval/return_train_tasks": train["return"], "eval/online_returns": test["online_returns"]}
                 if env.has_success:
@@ -698,7 +910,7 @@ if __name__ == "__main__":
                         envs.save_video(run["frames"], os.path.join(run_dir, "videos", f"iteration_{it + 1}.gif"))
             t_eval = time.time() - t0
 
-            # ---- log: TensorBoard, eval.jsonl, progress line
+            # ---- log: TensorBoard, eval.jsonl, checkpoint, progress line
             wall = wall_offset + time.time() - start_time
             sps = int((env_steps - start_steps) / max(time.time() - start_time, 1e-9))
             scalars = {"charts/SPS": sps, "charts/episodic_return": float(np.mean([t["return"] for t in trajs])),
@@ -706,28 +918,34 @@ if __name__ == "__main__":
                        **{f"losses/{k}": float(v) for k, v in losses.items()}}
             if evaluated:
                 scalars.update({k: v for k, v in last_eval.items() if k != "eval/online_returns"})
-                with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
+                with open(eval_path, "a") as f:
                     f.write(json.dumps({"iteration": it + 1, "env_steps": env_steps, "wall_time": round(wall, 2),
                                         **last_eval, **scalars}) + "\n")
             for k, v in scalars.items():
                 writer.add_scalar(k, v, env_steps)
             if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-                    "args": dataclasses.asdict(args), "iteration": it + 1, "env_steps": env_steps, "wall_time": wall,
-                    "agent": agent.state_dict(), "optims": {k: o.state_dict() for k, o in optims.items()},
+                save_checkpoint(ckpt_path, {
+                    "env": args.env, "args": dataclasses.asdict(args), "iteration": it + 1, "env_steps": env_steps,
+                    "wall_time": wall, "agent": agent.state_dict(),
+                    "optims": {k: o.state_dict() for k, o in optims.items()},
                     "rl_buffer": rl_buf.state_dict(), "enc_buffer": enc_buf.state_dict(),
                     "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                             "env": env.np_random.bit_generator.state,
                             "eval_env": eval_env.np_random.bit_generator.state}})
-            done_iters = it + 1 - start_iter
-            eta = (time.time() - start_time) / done_iters * (args.num_iterations - it - 1)
-            shown = (f"return {last_eval['eval/return']:.2f}" if last_eval else "-") + (
-                f" success {last_eval['eval/success_rate']:.2f}" if "eval/success_rate" in last_eval else "")
-            print(f"iteration {it + 1}/{args.num_iterations} | env steps {env_steps} | SPS {sps} | "
-                  f"last eval {shown} | update {t_update:.1f}s | ETA {eta / 60:.1f} min", flush=True)
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted; the last finished checkpoint is in {run_dir}")
+                saved = f"{ckpt_path} (iteration {it + 1})"
+            progress.step("eval", 0, status(it, f"done, SPS {sps}, update {t_update:.1f} s"), force=True)
+        print(f"done: eval.jsonl and TensorBoard logs in {run_dir}, "
+              + (f"checkpoint {ckpt_path}" if args.save_model else "no checkpoint (--no-save-model)"), flush=True)
+    except KeyboardInterrupt as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one ending
+        name = stop.args[0] if stop.args else "SIGINT"
+        print(f"stopped by {name}; " + (f"the last finished checkpoint is {saved}" if saved
+                                        else "no checkpoint was written yet"), file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.Signals[name].value)
     finally:
-        writer.close()
-        env.close(), eval_env.close()
+        if writer is not None:
+            writer.close()
+        for e in (env, eval_env):
+            if e is not None:
+                e.close()

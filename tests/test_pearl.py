@@ -1,12 +1,14 @@
 """Tests of pearl.py: the posterior and KL against closed forms, where the encoder's gradients come from, the
-meta-test protocol, the buffers, and tiny end-to-end runs (updates, evaluation, checkpoint, exact resume,
-determinism, one-line errors)."""
+meta-test protocol, the buffers, every bad input as a one-line error, checkpoints and resume, SIGTERM, and tiny
+end-to-end runs (exact resume, determinism, a learning run)."""
 
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,10 +18,17 @@ import envs
 import pearl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--num-train-tasks", "4", "--meta-batch", "2", "--num-initial-steps", "20", "--num-tasks-sample", "1",
-        "--num-steps-prior", "20", "--num-extra-rl-steps-posterior", "20", "--num-train-steps-per-itr", "3",
-        "--batch-size", "8", "--embedding-batch-size", "8", "--net-size", "16", "--encoder-size", "16",
-        "--num-evals", "1", "--num-steps-per-eval", "40"]
+TINY = ["--env", "point-robot", "--num-train-tasks", "4", "--meta-batch", "2", "--num-initial-steps", "20",
+        "--num-tasks-sample", "1", "--num-steps-prior", "20", "--num-extra-rl-steps-posterior", "20",
+        "--num-train-steps-per-itr", "3", "--batch-size", "8", "--embedding-batch-size", "8", "--net-size", "16",
+        "--encoder-size", "16", "--num-evals", "1", "--num-steps-per-eval", "40"]
+# a run that learns within ~15 s of CPU: 5 iterations x 320 gradient steps, 16 train tasks, nets 32
+LEARN = ["--env", "point-robot", "--num-train-tasks", "16", "--meta-batch", "8", "--num-initial-steps", "100",
+         "--num-tasks-sample", "4", "--num-steps-prior", "40", "--num-extra-rl-steps-posterior", "40", "--batch-size",
+         "64", "--embedding-batch-size", "32", "--net-size", "32", "--encoder-size", "32", "--num-evals", "1",
+         "--num-steps-per-eval", "60", "--reward-scale", "5", "--learning-rate", "1e-3", "--num-iterations", "5",
+         "--num-train-steps-per-itr", "320", "--eval-interval", "5", "--no-save-model"]
+IGNORED = ("wall_time", "charts/SPS")  # and time/*: the fields an exact resume may change
 
 
 def tiny_args(env, **kw):
@@ -37,9 +46,9 @@ def tiny_agent(env, args):
     return pearl.PEARL(obs_dim, act_dim, ctx_dim, args), obs_dim, act_dim, ctx_dim
 
 
-def run(*flags, check=True):
-    p = subprocess.run([sys.executable, "pearl.py", *flags], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+def run(*flags, check=True, script="pearl.py"):
+    p = subprocess.run([sys.executable, script, *flags], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     if check:
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     return p
@@ -48,6 +57,10 @@ def run(*flags, check=True):
 def evals(run_dir):
     with open(os.path.join(run_dir, "eval.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def comparable(row):
+    return {k: v for k, v in row.items() if k not in IGNORED and not k.startswith("time/")}
 
 
 # ------------------------------------------------------------------------------------ posterior and KL
@@ -140,8 +153,10 @@ def test_meta_test_uses_prior_for_exactly_num_exp_traj_eval_trajectories(k, monk
     assert out["z_source"] == ["prior"] * k + ["posterior"] * (5 - k)
     # the posterior is re-inferred after every trajectory from ALL context gathered so far
     assert seen == [20 * j for j in range(k, 6)]
-    res = pearl.meta_test(env, agent, env.test_tasks[:2], args, ctx_dim, torch.device("cpu"))
-    assert len(res["online_returns"]) == 5
+    done = []
+    res = pearl.meta_test(env, agent, env.test_tasks[:2], args, ctx_dim, torch.device("cpu"),
+                          after_task=lambda: done.append(1))
+    assert len(res["online_returns"]) == 5 and len(done) == 2
 
 
 # ------------------------------------------------------------------------------------ buffers
@@ -226,49 +241,176 @@ def test_reward_delay_stores_what_the_delayed_env_paid():
         assert (buf.data[0, :60, obs_dim + act_dim].nonzero()[0] % 30 == [6, 13, 20, 27, 29] * 2).all()
 
 
+# ------------------------------------------------------------------------------------ the command line
+BAD = [  # (argv, the flag the one-line error names)
+    (["--seed", "-1"], "--seed -1"),
+    (["--seed", "2147483648"], "--seed"),
+    (["--seed", "x"], "--seed"),
+    (["--env", "no-such-env"], "--env no-such-env: unknown"),
+    (["--no-such-flag", "3"], "--no-such-flag"),
+    (["--learning-rate", "-1e-3"], "--learning-rate"),
+    (["--learning-rate", "nan"], "--learning-rate"),
+    (["--discount", "2"], "--discount"),
+    (["--discount", "0"], "--discount"),
+    (["--soft-target-tau", "0"], "--soft-target-tau"),
+    (["--reward-scale", "0"], "--reward-scale"),
+    (["--kl-lambda", "-1"], "--kl-lambda"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--meta-batch", "0"], "--meta-batch"),
+    (["--num-iterations", "0"], "--num-iterations"),
+    (["--num-initial-steps", "0"], "--num-initial-steps"),
+    (["--num-train-tasks", "81"], "--num-train-tasks 81"),
+    (["--num-train-tasks", "4", "--meta-batch", "5"], "--meta-batch 5"),
+    (["--num-steps-prior", "0", "--num-steps-posterior", "0"], "--num-steps-prior"),
+    (["--num-steps-posterior", "-1"], "--num-steps-posterior"),
+    (["--num-steps-per-eval", "20"], "--num-steps-per-eval 20"),  # = 1 prior trajectory of H 20: no posterior one
+    (["--reward-delay", "0"], "--reward-delay"),
+    (["--replay-buffer-size", "0"], "--replay-buffer-size"),
+    (["--resume", "/nonexistent/checkpoint.pt"], "--resume"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_a_one_line_error(argv, needle, capsys):
+    argv = argv if "--env" in argv else ["--env", "point-robot", *argv]
+    with pytest.raises(SystemExit) as e:
+        pearl.parse_command_line(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    p = run("--env", "point-robot", "--seed", "-1", "--run-dir", str(tmp_path / "never"), check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.strip() == (
+        "error: --seed -1: must be in [0, 2**31)")
+    assert not (tmp_path / "never").exists()  # nothing written
+
+
+def test_help_shows_the_paper_defaults_of_the_chosen_env(capsys):
+    with pytest.raises(SystemExit) as e:
+        pearl.parse_command_line(["--env", "sparse-point-robot", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "paper defaults for --env sparse-point-robot:" in out
+    assert "num_exp_traj_eval=5" in out and "critic_dense_reward=True" in out and "num_train_tasks=80" in out
+    with pytest.raises(SystemExit):
+        pearl.parse_command_line(["--env", "no-such-env", "--help"])
+    assert "sparse-point-robot: num_initial_steps=200" in " ".join(capsys.readouterr().out.split())
+
+
+def test_progress_eta_comes_from_the_measured_rates(monkeypatch, capsys):
+    clock = iter([100.0, 102.0, 103.0, 110.0])
+    monkeypatch.setattr(pearl, "time", type("Clock", (), {"time": staticmethod(lambda: next(clock))}))
+    progress = pearl.Progress({"collect": 10, "update": 4}, every=30.0)
+    progress.step("collect", 5, "a", force=True)  # 2 s for 5 steps: 2 s left for collect, update not measured
+    progress.step("update", 1, "b")  # 1 s for 1 step, within 30 s of the last line: nothing printed
+    progress.step("update", 1, "c", force=True)  # update 8 s / 2 steps: 2 x 4 s + collect 2 s = 10 s left
+    assert capsys.readouterr().out.splitlines() == ["[0:00:02] a | ETA measuring", "[0:00:10] c | ETA 0:00:10"]
+
+
 # ------------------------------------------------------------------------------------ end to end
-def test_end_to_end_checkpoint_exact_resume_and_determinism(tmp_path):
-    a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
-    run("--env", "point-robot", *TINY, "--num-iterations", "2", "--run-dir", a)
-    run("--env", "point-robot", *TINY, "--num-iterations", "3", "--run-dir", b)
-    ea, eb = evals(a), evals(b)
-    assert [e["iteration"] for e in ea] == [1, 2] and os.path.exists(os.path.join(a, "checkpoint.pt"))
-    for key in ("env_steps", "wall_time", "eval/return", "eval/return_train_tasks", "time/collect", "time/update",
-                "time/relabel", "time/eval", "losses/qf_loss", "losses/policy_loss", "losses/kl_loss"):
-        assert key in ea[0], key
-    assert ea[0]["time/update"] > 0 and ea[1]["env_steps"] > ea[0]["env_steps"]
-    losses = [k for k in ea[0] if k.startswith("losses/") or k.startswith("eval/")]
-    for i in range(2):  # same seed => identical losses and evaluations
-        assert {k: ea[i][k] for k in losses} == {k: eb[i][k] for k in losses}
-    run("--resume", a, "--num-iterations", "3")  # continues in a's directory, from its checkpoint
-    ea = evals(a)
-    assert [e["iteration"] for e in ea] == [1, 2, 3]
-    assert {k: ea[2][k] for k in losses} == {k: eb[2][k] for k in losses}, "resume is not exact"
-    run("--env", "point-robot", *TINY, "--num-iterations", "1", "--seed", "2", "--run-dir", c)
-    assert evals(c)[0]["losses/qf_loss"] != eb[0]["losses/qf_loss"]
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An uninterrupted tiny run of 3 iterations."""
+    d = str(tmp_path_factory.mktemp("pearl") / "a")
+    run(*TINY, "--num-iterations", "3", "--run-dir", d)
+    return d
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(finished, tmp_path):
+    b = str(tmp_path / "b")
+    proc = subprocess.Popen([sys.executable, "pearl.py", *TINY, "--num-iterations", "3", "--run-dir", b], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    while not os.path.exists(os.path.join(b, "checkpoint.pt")) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    line = err.strip().splitlines()
+    assert len(line) == 1 and line[0].startswith("stopped by SIGTERM; the last finished checkpoint is ")
+    assert "Traceback" not in err and f"{b}/checkpoint.pt (iteration " in line[0]
+    stopped_at = pearl.load_checkpoint(b)["iteration"]
+    assert 1 <= stopped_at < 3
+    with open(os.path.join(b, "eval.jsonl"), "a") as f:  # a row a crashed run wrote after its last checkpoint
+        f.write(json.dumps({"iteration": stopped_at + 1, "eval/return": 0.0}) + "\n")
+    p = run("--resume", b, "--num-iterations", "3")
+    assert "resumed from" in p.stdout and "warning" not in p.stderr
+    a_rows, b_rows = evals(finished), evals(b)
+    assert [r["iteration"] for r in b_rows] == [1, 2, 3]
+    assert [comparable(r) for r in b_rows] == [comparable(r) for r in a_rows], "resume is not exact"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(b).Reload().Scalars("eval/return")
+    assert [e.step for e in events] == [r["env_steps"] for r in a_rows]  # TensorBoard repeats no step either
+
+
+def test_resume_warns_per_differing_flag_and_refuses_other_runs(finished, tmp_path, capsys):
+    args, *_ = pearl.parse_command_line(["--resume", finished, "--num-iterations", "5", "--learning-rate", "0.01",
+                                         "--no-save-model", "--seed", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --learning-rate 0.01 differs from the checkpoint's 0.0003: using the checkpoint's 0.0003",
+                   "warning: --num-iterations 5 (the checkpoint's run had 3): using 5",
+                   "warning: --save-model False (the checkpoint's run had True): using False"]
+    assert args.num_iterations == 5 and args.learning_rate == 3e-4 and not args.save_model
+    assert args.run_dir == finished and args.num_train_tasks == 4  # the run's directory and arguments
+    ckpt = os.path.join(finished, "checkpoint.pt")
+    torch.save({"format": 1, "script": "hfr.py"}, tmp_path / "other.pt")
+    with open(ckpt, "rb") as f:
+        data = f.read()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for argv, needle in ((["--resume", finished, "--env", "cheetah-vel"], "written for --env point-robot, not"),
+                         (["--resume", str(tmp_path / "other.pt")], "written by hfr.py, not pearl.py"),
+                         (["--resume", str(tmp_path / "truncated.pt")], "not a readable checkpoint"),
+                         (["--resume", str(tmp_path / "empty.pt")], "not a readable checkpoint"),
+                         (["--resume", finished, "--num-iterations", "2"], "at iteration 3")):
+        with pytest.raises(SystemExit) as e:
+            pearl.parse_command_line(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_end_to_end_logs_determinism_and_checkpoint(finished, tmp_path):
+    rows = evals(finished)
+    assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[1]["env_steps"] > rows[0]["env_steps"]
+    for key in ("env_steps", "wall_time", "eval/return", "eval/return_prior", "eval/return_train_tasks",
+                "eval/online_returns", "time/collect", "time/update", "time/relabel", "time/eval", "losses/qf_loss",
+                "losses/policy_loss", "losses/kl_loss", "charts/episodic_return"):
+        assert key in rows[0], key
+    ckpt = pearl.load_checkpoint(finished)
+    assert ckpt["script"] == "pearl.py" and ckpt["env"] == "point-robot" and ckpt["iteration"] == 3
+    assert ckpt["rl_buffer"]["size"].sum() == sum(len(r) for r in ckpt["rl_buffer"]["rows"]) > 0
+    c = str(tmp_path / "c")
+    run(*TINY, "--num-iterations", "1", "--seed", "2", "--run-dir", c)
+    assert evals(c)[0]["losses/qf_loss"] != rows[0]["losses/qf_loss"]  # the seed matters
 
 
 def test_end_to_end_sparse_bf16_video_deterministic_encoder(tmp_path):
     d = str(tmp_path / "s")
-    p = run("--env", "sparse-point-robot", *TINY, "--num-steps-posterior", "20", "--num-exp-traj-eval", "1",
+    p = run(*TINY[2:], "--env", "sparse-point-robot", "--num-steps-posterior", "20", "--num-exp-traj-eval", "1",
             "--num-iterations", "1", "--bf16", "--capture-video", "--no-use-information-bottleneck",
             "--use-next-obs-in-context", "True", "--run-dir", d)
     e = evals(d)[0]
-    assert 0.0 <= e["eval/success_rate"] <= 1.0 and e["losses/kl_loss"] == 0.0
+    assert e["losses/kl_loss"] == 0.0 and np.isfinite(e["losses/qf_loss"])
     assert os.path.getsize(os.path.join(d, "videos", "iteration_1.gif")) > 0
-    assert "iteration 1/1" in p.stdout
+    lines = p.stdout.strip().splitlines()
+    assert lines[1].startswith("[0:00:") and "iteration 1/1 | starting" in lines[1]  # the first progress line
+    assert lines[-1] == f"done: eval.jsonl and TensorBoard logs in {d}, checkpoint {d}/checkpoint.pt"
     saved = json.load(open(os.path.join(d, "args.json")))
     assert saved["critic_dense_reward"] is True and saved["bf16"] is True and saved["embedding_batch_size"] == 8
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--env", "point-robot", "--meta-batch", "81"], "--meta-batch 81 > the 80 train tasks"),
-    (["--env", "no-such-env"], "unknown env"),
-    (["--resume", "/nonexistent/checkpoint.pt"], "no checkpoint"),
-    (["--env", "point-robot", "--batch-size", "0"], "--batch-size must be positive"),
-    (["--env", "point-robot", "--reward-delay", "0"], "--reward-delay must be >= 1"),
-])
-def test_bad_input_is_a_one_line_error(flags, needle):
-    p = run(*flags, "--run-dir", "/tmp/pearl-test-never-created", check=False)
-    assert p.returncode != 0
-    assert "Traceback" not in p.stderr and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+def untrained_return(module, argv):
+    """Alg. 2's return of the untrained agent of this run (same seed, same eval env)."""
+    args, env, eval_env, _ = module.parse_command_line(argv)
+    torch.manual_seed(args.seed)
+    eval_env.reset(seed=args.seed + 10_000)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = module.PEARL(obs_dim, act_dim, obs_dim + act_dim + 1, args)
+    return module.meta_test(eval_env, agent, env.test_tasks, args, obs_dim + act_dim + 1, torch.device("cpu"))["return"]
+
+
+def test_learns_on_point_robot(tmp_path):
+    d = str(tmp_path / "learn")
+    run(*LEARN, "--run-dir", d)
+    before, after = untrained_return(pearl, LEARN), evals(d)[-1]["eval/return"]
+    assert after > before + 2.5, (before, after)  # untrained: about -20.6 (standing still); trained: about -16

@@ -30,12 +30,13 @@ def run_stats(run_dir: str, chunk: int = 4096) -> dict:
     if not os.path.isfile(path):
         raise SystemExit(f"error: no checkpoint.pt in {run_dir}")
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    if "rl_buffer" not in ck:
-        raise SystemExit(f"error: {path} is not a pearl.py / hfr.py checkpoint (no rl_buffer)")
+    if "rl_buffer" not in ck or ck.get("script", "pearl.py") not in ("pearl.py", "hfr.py"):  # older: no "script"
+        raise SystemExit(f"error: {path} is not a pearl.py / hfr.py checkpoint")
     env_name = ck["args"]["env"]
     env = envs.make(env_name)
     o, a = env.observation_space.shape[0], env.action_space.shape[0]
-    # one buffer row = obs, action, reward, next_obs, done (pearl.py / hfr.py `transitions`)
+    # one buffer row = obs, action, reward, next_obs, done (pearl.py / hfr.py `pack`); "rows" holds each task's
+    # stored rows, as `TaskReplayBuffers.state_dict` writes them (the same layout before and after the buffers grew)
     rows = np.concatenate([r for r in ck["rl_buffer"]["rows"] if len(r)])
     obs, act, rew, next_obs = rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1]
     floor = float(rew.min())

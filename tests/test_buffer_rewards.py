@@ -37,3 +37,6 @@ def test_counts_goal_reaching_transitions_as_stored_and_under_some_train_task(tm
 def test_a_directory_without_a_checkpoint_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint.pt"):
         buffer_rewards.run_stats(str(tmp_path))
+    torch.save({"script": "mier.py", "rl_buffer": {}}, tmp_path / "checkpoint.pt")  # another script's checkpoint
+    with pytest.raises(SystemExit, match="not a pearl.py / hfr.py checkpoint"):
+        buffer_rewards.run_stats(str(tmp_path))

@@ -50,9 +50,9 @@ def test_sample_categorical_follows_q():
 def make(relabel="hfr", **kw):
     """A Relabeler on the first 3 tasks of four-corners, tiny networks."""
     env = envs.make("four-corners", seed=0)
-    args = hfr.Args(env="four-corners", relabel=relabel, num_train_tasks=3, meta_batch=2, net_size=8,
-                    encoder_size=8, embedding_batch_size=4, utility_batch_size=5, num_initial_steps=20,
-                    replay_buffer_size=1000, relabel_prob=1.0, **kw)
+    args = hfr.Args(**{**dict(env="four-corners", relabel=relabel, num_train_tasks=3, meta_batch=2, net_size=8,
+                              encoder_size=8, embedding_batch_size=4, utility_batch_size=5, num_initial_steps=20,
+                              replay_buffer_size=1000, relabel_prob=1.0), **kw})
     args = hfr.resolve_args(args, env)
     torch.manual_seed(0)
     obs_dim, act_dim = 2, 2
@@ -170,10 +170,10 @@ def test_relabeled_rewards_and_terminals_are_env_evaluate_of_the_chosen_task(rel
     rel.store(trajs, 1, rng, add_to_encoder=True, may_relabel=True)
     assert rel.rl_buf.size.sum() == rel.enc_buf.size.sum() == 60  # each transition exactly once, old context gone
     assert rel.orig_buf.size.tolist() == [0, 60, 0]  # the originals, unchanged, for the task's own posterior
-    np.testing.assert_array_equal(rel.orig_buf.data[1, :10, 4], trajs[0]["rew"])
+    np.testing.assert_array_equal(rel.orig_buf.data[1][:10, 4], trajs[0]["rew"])
     for j in range(3):
         for buf in (rel.rl_buf, rel.enc_buf):
-            rows = buf.data[j, : buf.size[j]]
+            rows = buf.data[j][: buf.size[j]]
             r, d = rel.env.evaluate(rows[:, :2], rows[:, 2:4], rows[:, 5:7], rel.tasks[j])
             np.testing.assert_array_equal(rows[:, 4], r)
             np.testing.assert_array_equal(rows[:, -1], d)
@@ -191,12 +191,36 @@ def test_relabeled_rewards_under_reward_delay_are_delayed_rewards_of_the_chosen_
     trajs = [diagonal_trajectory(rel.env, rel.tasks[1], reward_delay=4) for _ in range(6)]
     rel.store(trajs, 1, np.random.default_rng(1), add_to_encoder=True, may_relabel=True)
     for j in range(3):
-        rows = rel.rl_buf.data[j, : rel.rl_buf.size[j]].reshape(-1, 10, rel.rl_buf.width)  # whole episodes
+        rows = rel.rl_buf.data[j][: rel.rl_buf.size[j]].reshape(-1, 10, rel.rl_buf.width)  # whole episodes
         for ep in rows:
             r, _ = rel.env.evaluate(ep[:, :2], ep[:, 2:4], ep[:, 5:7], rel.tasks[j])
             np.testing.assert_allclose(ep[:, 4], [0, 0, 0, r[:4].sum(), 0, 0, 0, r[4:8].sum(), 0, r[8:].sum()],
                                        rtol=1e-6)
     assert rel.rl_buf.size[1] < 60  # some episodes did move to other tasks
+
+
+def line_to(env, task, goal):
+    """(0, 0) -> goal in 10 steps; goal (0, 0): standing still at the start, far from every corner."""
+    pos = np.linspace(0.0, 1.0, 11, dtype=np.float32)[:, None] * np.asarray(goal, np.float32)
+    traj = {"obs": pos[:-1], "act": np.ones((10, 2), np.float32), "next_obs": pos[1:]}
+    traj["rew"], traj["critic_rew"], traj["done"] = hfr.trajectory_rewards(env, traj, task, hfr.Args(
+        critic_dense_reward=False))
+    return traj
+
+
+@pytest.mark.parametrize("relabel, hardmax_to, expected", [("random", None, 1 / 3), ("hfr", 1, 1.0), ("hfr", 2, 0.0)])
+def test_hit_rate_counts_routing_to_a_task_whose_reward_the_trajectory_earned(relabel, hardmax_to, expected):
+    """Train tasks 0-2 of four-corners: goals (-1, -1), (1, 1), (1, -1). A trajectory to (1, 1) earns 0 there
+    under task 1 (the floor elsewhere: -1): routed to task 1 it is a hit. One standing still earns the floor
+    under every task: no task is better for it, so it does not count."""
+    rel = make(relabel, hardmax=hardmax_to is not None, replay_buffer_size=200_000)  # keeps 10,000 start states
+    q_equals_relu_of_first_obs(rel.agent)
+    fill_start_states(rel, [1.0 * (j == hardmax_to) for j in range(3)], n=4000)  # U_j = 1 for the hard-max task
+    batch = [line_to(rel.env, rel.tasks[0], (1.0, 1.0)) for _ in range(300)]
+    batch += [line_to(rel.env, rel.tasks[0], (0.0, 0.0)) for _ in range(100)]
+    rel.store(batch, 0, np.random.default_rng(0), add_to_encoder=False, may_relabel=True)
+    assert rel.pop_stats()["relabel/hit_rate"] == pytest.approx(expected, abs=0.06)  # random: 1/K of 300
+    assert np.isnan(rel.pop_stats()["relabel/hit_rate"])  # an iteration with nothing to route: undefined
 
 
 def test_initial_data_and_none_stay_with_their_task():
@@ -215,7 +239,7 @@ def test_learned_reward_replaces_the_reward_but_not_the_terminals():
     rel.begin_iteration()
     rel.store([traj], 1, np.random.default_rng(0), add_to_encoder=True, may_relabel=True)
     j = int(np.flatnonzero(rel.rl_buf.size)[0])  # the task it went to
-    rows = rel.rl_buf.data[j, :10]
+    rows = rel.rl_buf.data[j][:10]
     np.testing.assert_allclose(rows[:, 4], rel.predicted_reward(traj)[j], rtol=1e-6)  # the model's reward
     np.testing.assert_array_equal(rows[:, -1], rel.env.evaluate(traj["obs"], traj["act"], traj["next_obs"],
                                                                 rel.tasks[j])[1])  # the env's terminals

@@ -139,6 +139,26 @@ def test_gradient_step_is_batched_and_finite():
         torch.testing.assert_close(a, b + args.soft_target_tau * (v - b))
 
 
+def test_bf16_keeps_the_value_heads_in_float32():
+    env = envs.make("point-robot")
+    agent, obs_dim, act_dim, _ = tiny_agent(env, tiny_args(env, bf16=True))
+    for q, width in ((agent.qf1, obs_dim + act_dim + 5), (agent.vf, obs_dim + 5)):
+        q.net[-1].bias.data.fill_(-1000.0)  # Q of about -1e3, where bfloat16's values are 4 or 8 apart
+        x = torch.randn(64, width)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, hidden = q(x), q.net[:-1](x)
+            rounded = q.net[-1](hidden)
+        head = q.net[-1]
+        assert hidden.dtype == torch.bfloat16 and out.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+        torch.testing.assert_close(out, hidden.float() @ head.weight.T + head.bias, rtol=0, atol=1e-4)
+        assert (out % 4 != 0).any() and (rounded.float() % 4 == 0).all()  # bfloat16 would round to its grid
+
+
+def test_four_corners_draws_a_meta_batch_of_8_from_its_4_tasks():
+    args, *_ = pearl.parse_command_line(["--env", "four-corners"])
+    assert (args.meta_batch, args.batch_size, args.num_train_tasks) == (8, 256, 4)  # the authors' config
+
+
 # ------------------------------------------------------------------------------------ meta-test protocol
 @pytest.mark.parametrize("k", [1, 3])
 def test_meta_test_uses_prior_for_exactly_num_exp_traj_eval_trajectories(k, monkeypatch):
@@ -159,13 +179,30 @@ def test_meta_test_uses_prior_for_exactly_num_exp_traj_eval_trajectories(k, monk
     assert len(res["online_returns"]) == 5 and len(done) == 2
 
 
+def test_success_rate_is_any_success_after_the_exploration_trajectories(monkeypatch):
+    env = envs.make("sparse-point-robot", seed=0)
+    args = tiny_args(env, num_exp_traj_eval=2, num_evals=3)
+    runs = iter([[True, True, False, False], [False, False, True, False], [False, False, False, True],  # task 1
+                 [True, False, False, False]] + [[False] * 4] * 2)  # task 2: an exploration success only
+
+    def hand_built(env, agent, task, args, ctx_dim, device, render=False):
+        success = next(runs)
+        return {"returns": [0.0] * 4, "success": success, "z_source": ["prior"] * 2 + ["posterior"] * 2}
+
+    monkeypatch.setattr(pearl, "meta_test_run", hand_built)
+    res = pearl.meta_test(env, None, env.test_tasks[:2], args, 5, torch.device("cpu"))
+    # the authors' "Success Rate": task 1 (0 + 1 + 1) / 3, task 2 0 (exploration successes do not count)
+    assert res["success_rate"] == pytest.approx((2 / 3 + 0) / 2)
+    assert res["success_rate_last"] == pytest.approx((1 / 3 + 0) / 2)  # the last trajectory's, task 1 only
+
+
 # ------------------------------------------------------------------------------------ buffers
 def test_buffer_fifo_and_sampling():
     buf = pearl.TaskReplayBuffers(2, 10, obs_dim=1, act_dim=1)
     buf.add_trajectory(0, np.arange(7 * buf.width, dtype=np.float32).reshape(7, buf.width))
     buf.add_trajectory(0, np.arange(7 * buf.width, dtype=np.float32).reshape(7, buf.width) + 1000)
     assert buf.size[0] == 10 and buf.size[1] == 0 and buf.ptr[0] == 4
-    kept = set(buf.data[0, :, 0].tolist())
+    kept = set(buf.data[0][:, 0].tolist())
     assert kept == set((np.arange(4, 7) * buf.width).tolist()) | set((np.arange(7) * buf.width + 1000).tolist())
     buf.add_trajectory(1, np.ones((3, buf.width), np.float32))
     s = buf.sample(np.array([1, 0, 1]), 50, np.random.default_rng(0))
@@ -173,6 +210,31 @@ def test_buffer_fifo_and_sampling():
     assert set(s[1, :, 0].tolist()) <= kept
     buf.clear(0)
     assert buf.size[0] == 0 and buf.size[1] == 3
+
+
+def test_buffers_grow_with_the_data_and_sample_as_a_preallocated_buffer_would():
+    buf = pearl.TaskReplayBuffers(50, 1_000_000, obs_dim=6, act_dim=4)  # sawyer-push at the authors' capacity
+    assert sum(a.nbytes for a in buf.data) == 0  # nothing allocated up front
+    buf.add_trajectory(3, np.ones((150, buf.width), np.float32))
+    assert sum(a.nbytes for a in buf.data) == 1024 * buf.width * 4  # one task's first 1024 rows
+    # against the preallocated (tasks, capacity, width) layout: same rows, same draws from the same generator
+    ref, grown = np.zeros((3, 50, 5), np.float32), pearl.TaskReplayBuffers(3, 50, obs_dim=1, act_dim=1)
+    ptr, size, ops = np.zeros(3, int), np.zeros(3, int), np.random.default_rng(0)
+    for step in range(60):
+        task, n = int(ops.integers(3)), int(ops.integers(1, 30))
+        if ops.random() < 0.1:
+            grown.clear(task)
+            ptr[task] = size[task] = 0
+            continue
+        rows = ops.standard_normal((n, 5)).astype(np.float32)
+        grown.add_trajectory(task, rows)
+        ref[task, (ptr[task] + np.arange(n)) % 50] = rows
+        ptr[task], size[task] = (ptr[task] + n) % 50, min(size[task] + n, 50)
+        tasks = np.flatnonzero(size)[[0, -1, 0]]
+        r1, r2 = np.random.default_rng(step), np.random.default_rng(step)
+        idx = r1.integers(0, size[tasks][:, None], size=(3, 7))
+        np.testing.assert_array_equal(grown.sample(tasks, 7, r2), ref[tasks[:, None], idx])
+    assert grown.size.tolist() == size.tolist() and grown.ptr.tolist() == ptr.tolist()
 
 
 def test_encoder_buffer_cleared_on_recollection_and_extra_steps_go_to_rl_only():
@@ -188,8 +250,8 @@ def test_encoder_buffer_cleared_on_recollection_and_extra_steps_go_to_rl_only():
                                    np.random.default_rng(0), torch.device("cpu"))
     assert sum(len(t["rew"]) for t in trajs) == 120
     assert rl.size[1] == 50 + 120  # RL buffer keeps the old data and gets everything
-    assert enc.size[1] == 60 and not (enc.data[1, :60] == 7.0).all(1).any()  # cleared, then prior + posterior only
-    np.testing.assert_array_equal(rl.data[1, 50:110], enc.data[1, :60])
+    assert enc.size[1] == 60 and not (enc.data[1][:60] == 7.0).all(1).any()  # cleared, then prior + posterior only
+    np.testing.assert_array_equal(rl.data[1][50:110], enc.data[1][:60])
 
 
 def test_sparse_point_robot_recipe_critic_dense_encoder_sparse():
@@ -204,11 +266,11 @@ def test_sparse_point_robot_recipe_critic_dense_encoder_sparse():
     pearl.collect_data(env, agent, 0, task, 40, rl, enc, args, ctx_dim, np.random.default_rng(0), torch.device("cpu"),
                        update_posterior=False, add_to_encoder=True)
     o, a = obs_dim, obs_dim + act_dim
-    rows = rl.data[0, :40]
+    rows = rl.data[0][:40]
     dense = env.evaluate_dense(rows[:, :o], rows[:, o:a], rows[:, a + 1:a + 1 + o], task)
     sparse, _ = env.evaluate(rows[:, :o], rows[:, o:a], rows[:, a + 1:a + 1 + o], task)
     np.testing.assert_allclose(rows[:, a], dense, rtol=1e-6)
-    np.testing.assert_allclose(enc.data[0, :40, a], sparse, rtol=1e-6)
+    np.testing.assert_allclose(enc.data[0][:40, a], sparse, rtol=1e-6)
     assert not np.allclose(dense, sparse)
     hfr = tiny_args(env, critic_dense_reward=False)  # HFR's convention: the env reward everywhere
     assert not hfr.critic_dense_reward
@@ -238,7 +300,7 @@ def test_reward_delay_stores_what_the_delayed_env_paid():
     pearl.collect_data(env, agent, 0, task, 60, rl, enc, args, ctx_dim, np.random.default_rng(0), torch.device("cpu"),
                        update_posterior=False, add_to_encoder=True)
     for buf in (rl, enc):  # both buffers: zero except at the payment steps of each 30-step episode
-        assert (buf.data[0, :60, obs_dim + act_dim].nonzero()[0] % 30 == [6, 13, 20, 27, 29] * 2).all()
+        assert (buf.data[0][:60, obs_dim + act_dim].nonzero()[0] % 30 == [6, 13, 20, 27, 29] * 2).all()
 
 
 # ------------------------------------------------------------------------------------ the command line
@@ -260,7 +322,6 @@ BAD = [  # (argv, the flag the one-line error names)
     (["--num-iterations", "0"], "--num-iterations"),
     (["--num-initial-steps", "0"], "--num-initial-steps"),
     (["--num-train-tasks", "81"], "--num-train-tasks 81"),
-    (["--num-train-tasks", "4", "--meta-batch", "5"], "--meta-batch 5"),
     (["--num-steps-prior", "0", "--num-steps-posterior", "0"], "--num-steps-prior"),
     (["--num-steps-posterior", "-1"], "--num-steps-posterior"),
     (["--num-steps-per-eval", "20"], "--num-steps-per-eval 20"),  # = 1 prior trajectory of H 20: no posterior one
@@ -369,7 +430,7 @@ def test_resume_warns_per_differing_flag_and_refuses_other_runs(finished, tmp_pa
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
 
 
-def test_end_to_end_logs_determinism_and_checkpoint(finished, tmp_path):
+def test_end_to_end_logs_and_checkpoint(finished):
     rows = evals(finished)
     assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[1]["env_steps"] > rows[0]["env_steps"]
     for key in ("env_steps", "wall_time", "eval/return", "eval/return_prior", "eval/return_train_tasks",
@@ -379,9 +440,7 @@ def test_end_to_end_logs_determinism_and_checkpoint(finished, tmp_path):
     ckpt = pearl.load_checkpoint(finished)
     assert ckpt["script"] == "pearl.py" and ckpt["env"] == "point-robot" and ckpt["iteration"] == 3
     assert ckpt["rl_buffer"]["size"].sum() == sum(len(r) for r in ckpt["rl_buffer"]["rows"]) > 0
-    c = str(tmp_path / "c")
-    run(*TINY, "--num-iterations", "1", "--seed", "2", "--run-dir", c)
-    assert evals(c)[0]["losses/qf_loss"] != rows[0]["losses/qf_loss"]  # the seed matters
+    assert ckpt["args"]["replay_buffer_size"] == 1_000_000  # the authors' capacity per task
 
 
 def test_end_to_end_sparse_bf16_video_deterministic_encoder(tmp_path):

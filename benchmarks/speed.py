@@ -13,12 +13,20 @@ and, for PEARL-based scripts, the cost of one gradient step at paper size in fp3
     # (recorded by shape, forward and backward) replayed alone: the time an eager step running them cannot go below
     python benchmarks/speed.py grad-step --threads 2
 
-Both modes keep the machine's other work in mind: they report ranges, not a single best number.
+    # what a paper-size run of a script costs on this machine, and its peak RSS: a 2-iteration run of the paper
+    # config for --env with --steps of the gradient steps per iteration (and, if given, fewer initial steps per task
+    # and meta-test runs), then measured seconds per env step / gradient step / meta-test run x the paper's counts;
+    # CPU time (user + system) of the run as well as wall time, since this machine is shared
+    python benchmarks/speed.py cost hfr.py --env sawyer-push --steps 10 --evals 1 --threads 1
+
+All modes keep the machine's other work in mind: they report ranges or CPU time, not a single best number, and
+results/*.json record the CPU model, the date and the load average. benchmarks/speed.md collects the measurements.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -32,7 +40,56 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ("time/collect", "time/update", "time/relabel", "time/eval")
+KEYS = ("time/collect", "time/update", "time/eval")  # hfr.py's time/relabel is a part of time/collect and time/update
+
+
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family / model numbers (which tell AMD generations apart)."""
+    info = {}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    amx = " AMX" if "amx_tile" in info.get("flags", "") else ""
+    return (f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model "
+            f"{info.get('model', '?')}{amx}), {os.cpu_count()} CPUs")
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident memory, anonymous transparent huge pages) of process pid now, in MB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        huge = next((int(line.split()[1]) for line in f if line.startswith("AnonHugePages")), 0)
+    return rss / 1024, huge / 1024
+
+
+def run_measured(cmd: list[str], threads: int, log_path: str, seconds: float | None = None) -> dict:
+    """Run cmd with `threads` OpenMP threads (stopped with SIGINT after `seconds`, if given): its exit code, wall
+    time, CPU time (user + system) and peak resident memory, from the kernel's accounting of this very child; and,
+    sampled every 0.2 s, its median resident memory and its largest amount of transparent huge pages (the peak
+    alone moves by ~100 MB between identical runs: short transients set it)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    t0, samples = time.time(), []
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        stop_at, signals = t0 + seconds if seconds else float("inf"), [signal.SIGINT, signal.SIGKILL]
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            with contextlib.suppress(OSError, StopIteration):
+                samples.append(memory_mb(proc.pid))
+            if time.time() > stop_at and signals:  # the scripts stop cleanly on SIGINT: finished iterations are
+                proc.send_signal(signals.pop(0))  # in eval.jsonl; SIGKILL 30 s later if it did not
+                stop_at += 30
+            time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss, huge = zip(*samples) if samples else ((0.0,), (0.0,))
+    return {"rc": proc.returncode, "wall_s": round(time.time() - t0, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "median_rss_mb": round(float(np.median(rss)), 1), "max_huge_pages_mb": round(max(huge), 1)}
+
 
 
 def iteration_split(args) -> dict:
@@ -43,37 +100,87 @@ def iteration_split(args) -> dict:
         if os.path.exists(os.path.join(run_dir, "eval.jsonl")):
             os.remove(os.path.join(run_dir, "eval.jsonl"))
         cmd = [sys.executable, script, "--env", args.env, *shlex.split(args.flags), "--run-dir", run_dir]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
         print("$ " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
-        with open(os.path.join(run_dir, "stdout.log"), "w") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                proc.wait(timeout=args.seconds)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGINT)  # the scripts stop cleanly; finished iterations are in eval.jsonl
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        usage = run_measured(cmd, args.threads, os.path.join(run_dir, "stdout.log"), args.seconds)
         path = os.path.join(run_dir, "eval.jsonl")
         rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
         rows = [r for r in rows if all(k in r for k in KEYS)]
         if not rows:
             print(f"  {script}: no iteration with time/* keys finished (see {run_dir}/stdout.log)")
             continue
-        table = [[r["iteration"]] + [r[k] for k in KEYS] for r in rows]
+        table = [[r["iteration"]] + [r[k] for k in KEYS] + [r.get("time/relabel", 0.0)] for r in rows]
         steady = table[1:] or table  # the first iteration also collects the initial pool
         mean = np.mean([t[1:] for t in steady], 0)
         out[script] = {"command": " ".join(cmd[1:]), "threads": args.threads, "iterations": table,
-                       "steady_mean": dict(zip(KEYS, mean.round(4).tolist())),
-                       "relabel_share_of_iteration": float(mean[2] / max(mean.sum(), 1e-12))}
-        print(f"  {script}  (seconds per iteration; steady = mean over iterations after the first)")
-        print("    " + f"{'iteration':>9} {'collect':>9} {'update':>9} {'relabel':>9} {'eval':>9} {'total':>9}")
+                       "steady_mean": dict(zip(KEYS + ("time/relabel",), mean.round(4).tolist())),
+                       "relabel_share_of_iteration": float(mean[3] / max(mean[:3].sum(), 1e-12)), **usage}
+        print(f"  {script}  (seconds per iteration; steady = mean over iterations after the first; relabel is a "
+              f"part of collect and update; peak RSS {usage['peak_rss_mb']:.0f} MB)")
+        print("    " + f"{'iteration':>9} {'collect':>9} {'update':>9} {'eval':>9} {'relabel':>9} {'total':>9}")
         for t in table:
-            print("    " + f"{t[0]:>9} " + " ".join(f"{x:9.3f}" for x in t[1:]) + f" {sum(t[1:]):9.3f}")
-        print("    " + f"{'steady':>9} " + " ".join(f"{x:9.3f}" for x in mean) + f" {mean.sum():9.3f}"
+            print("    " + f"{t[0]:>9} " + " ".join(f"{x:9.3f}" for x in t[1:]) + f" {sum(t[1:4]):9.3f}")
+        print("    " + f"{'steady':>9} " + " ".join(f"{x:9.3f}" for x in mean) + f" {mean[:3].sum():9.3f}"
               + f"   relabel share {out[script]['relabel_share_of_iteration']:.1%}")
     return out
+
+
+def paper_cost(args) -> dict:
+    """What a paper-size run of args.script costs here: a 2-iteration run of the paper config for --env with
+    --steps gradient steps per iteration (and --initial-steps / --evals if given), the rates it measures (iteration
+    1 minus iteration 2 is the initial pool), times the paper's counts of env steps, gradient steps and meta-test runs.
+    Each phase is also scaled by CPU time / wall time of the run: the cost on a core this run had to itself."""
+    m = load_script(args.script)
+    import envs
+
+    paper = m.resolve_args(m.Args(env=args.env), envs.make(args.env))  # every None field: the --env value
+    initial = args.initial_steps or paper.num_initial_steps
+    evals = args.evals or paper.num_evals
+    name = f"{os.path.splitext(os.path.basename(args.script))[0]}__{args.env}"
+    run_dir = os.path.join(ROOT, "benchmarks", "runs", "speed", f"cost__{name}")
+    if os.path.isdir(run_dir):
+        import shutil
+
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+    cmd = [sys.executable, os.path.join(ROOT, args.script), "--env", args.env, "--num-iterations", "2",
+           "--num-train-steps-per-itr", str(args.steps), "--num-initial-steps", str(initial), "--num-evals",
+           str(evals), *shlex.split(args.flags), "--run-dir", run_dir]
+    print("$ " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+    usage = run_measured(cmd, args.threads, os.path.join(run_dir, "stdout.log"))
+    with open(os.path.join(run_dir, "eval.jsonl")) as f:
+        one, two = [json.loads(line) for line in f]
+    phases = price(paper, one, two, args.steps, evals)  # seconds at paper size, from this run's wall times
+    per_iteration = phases["collect_per_iteration"] + phases["update_per_iteration"] + phases["eval_per_iteration"]
+    total = phases["initial_pool"] + paper.num_iterations * per_iteration
+    cpu_share = usage["cpu_s"] / usage["wall_s"]  # < 1 when other work took this run's core
+    out = {"script": args.script, "env": args.env, "cpu": cpu_model(), "threads": args.threads, "command": cmd[1:],
+           **usage, "cpu_share": round(cpu_share, 3), "measured": {"iteration_1": one, "iteration_2": two},
+           "paper": {k: getattr(paper, k) for k in ("num_iterations", "num_train_steps_per_itr", "num_initial_steps",
+                                                     "num_train_tasks", "num_evals", "meta_batch", "batch_size")},
+           "paper_seconds_wall": {k: round(v, 1) for k, v in phases.items()},
+           "paper_seconds_per_iteration_wall": round(per_iteration, 1), "paper_hours_wall": round(total / 3600, 2),
+           "paper_seconds_per_iteration_cpu": round(per_iteration * cpu_share, 1),
+           "paper_hours_cpu": round(total * cpu_share / 3600, 2)}
+    print(f"  {args.script} --env {args.env}: {per_iteration:.0f} s per paper iteration ({paper.num_iterations} of "
+          f"them) + {phases['initial_pool']:.0f} s initial pool = {total / 3600:.1f} h of wall time here; scaled by "
+          f"this run's CPU share {cpu_share:.2f}: {per_iteration * cpu_share:.0f} s per iteration, "
+          f"{total * cpu_share / 3600:.1f} h; peak RSS {usage['peak_rss_mb']:.0f} MB, median "
+          f"{usage['median_rss_mb']:.0f} MB, huge pages up to {usage['max_huge_pages_mb']:.0f} MB (rc {usage['rc']})",
+          flush=True)
+    return out
+
+
+def price(paper, one: dict, two: dict, steps: int, evals: int) -> dict:
+    """Seconds of a paper-size run's phases from the eval.jsonl rows of a 2-iteration run with `steps` gradient
+    steps and `evals` meta-test runs per task: the initial pool at iteration 1's rate of env steps beyond
+    iteration 2's (the relabeler's seconds taken out of both: hfr.py relabels during collection), iteration 2's
+    collection as it is, its gradient steps and meta-test runs scaled to the paper's counts."""
+    env_s = [r["time/collect"] - r.get("time/relabel", 0.0) for r in (one, two)]
+    initial_steps = 2 * one["env_steps"] - two["env_steps"]  # iteration 1's env steps minus iteration 2's
+    return {"initial_pool": (env_s[0] - env_s[1]) / initial_steps * paper.num_initial_steps * paper.num_train_tasks,
+            "collect_per_iteration": two["time/collect"],
+            "update_per_iteration": two["time/update"] / steps * paper.num_train_steps_per_itr,
+            "eval_per_iteration": two["time/eval"] / evals * paper.num_evals}
 
 
 def load_script(path: str):
@@ -272,15 +379,28 @@ def main(argv=None):
     gs.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time (with --threads 1 it is robust to other "
                          "jobs taking the cores, which stretch the wall time)")
-    for q in (it, gs):
-        q.add_argument("--name", default=None, help="results/<name>.json (default speed_<env> / speed_grad_step)")
+    co = sub.add_parser("cost", help="what a paper-size run costs here (and its peak RSS), from a 2-iteration run")
+    co.add_argument("script", help="pearl.py or hfr.py")
+    co.add_argument("--env", required=True)
+    co.add_argument("--steps", type=int, default=10, help="gradient steps per iteration of the measured run")
+    co.add_argument("--initial-steps", type=int, default=None, help="initial transitions per task (default: paper)")
+    co.add_argument("--evals", type=int, default=None, help="meta-test runs per task (default: paper)")
+    co.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the run (default 1)")
+    co.add_argument("--flags", default="", help="extra flags for the script (one quoted string)")
+    for q in (it, gs, co):
+        q.add_argument("--name", default=None, help="results/<name>.json (default speed_<env> / speed_grad_step / "
+                                                    "cost_<script>_<env>)")
     args = p.parse_args(argv)
+    load_start = os.getloadavg()
     if args.mode == "iteration":
         res, name = iteration_split(args), args.name or f"speed_{args.env}"
+    elif args.mode == "cost":
+        res = paper_cost(args)
+        name = args.name or f"cost_{os.path.splitext(os.path.basename(args.script))[0]}_{args.env}"
     else:
         res, name = grad_step(args), args.name or "speed_grad_step"
-    res = {"mode": args.mode, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-           "load_average_at_end": os.getloadavg(), **res}
+    res = {"mode": args.mode, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu": cpu_model(),
+           "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(), **res}
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     out = os.path.join(ROOT, "benchmarks", "results", f"{name}.json")
     with open(out, "w") as f:

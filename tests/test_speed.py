@@ -1,9 +1,12 @@
-"""benchmarks/speed.py grad-step: the recorded matmuls are the step's own (their FLOPs are torch's FLOP count), and
-a tiny configuration produces every reported number."""
+"""benchmarks/speed.py: grad-step's recorded matmuls are the step's own (their FLOPs are torch's FLOP count) and a
+tiny configuration produces every reported number; cost prices a paper-size run from two measured iterations;
+run_measured reports a child's own peak memory."""
 
 import argparse
 import importlib.util
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -54,3 +57,21 @@ def test_grad_step_reports_the_matmul_only_time(speed):
         assert len(r["matmuls_only_ms_per_repeat"]) == 2 and r["matmuls_only_ms"] > 0
         assert r["x_matmuls_only"] == pytest.approx(r["median_ms"] / r["matmuls_only_ms"], rel=0.05)
     assert "fp32_naive" in res
+
+
+def test_price_scales_the_measured_iterations_to_the_paper_counts(speed):
+    paper = types.SimpleNamespace(num_initial_steps=2000, num_train_tasks=50, num_train_steps_per_itr=1000,
+                                  num_evals=2)
+    # iteration 1: 300 initial steps x 50 tasks (15,000) + 10,000 collected; iteration 2: 10,000 collected
+    one = {"env_steps": 25_000, "time/collect": 30.0, "time/relabel": 10.0, "time/update": 1.0, "time/eval": 3.0}
+    two = {"env_steps": 35_000, "time/collect": 25.0, "time/relabel": 20.0, "time/update": 2.0, "time/eval": 4.0}
+    p = speed.price(paper, one, two, steps=10, evals=1)
+    assert p["initial_pool"] == pytest.approx((20.0 - 5.0) / 15_000 * 100_000)  # 1 ms per env step
+    assert p["collect_per_iteration"] == 25.0 and p["update_per_iteration"] == pytest.approx(200.0)
+    assert p["eval_per_iteration"] == pytest.approx(8.0)
+
+
+def test_run_measured_reports_the_childs_own_peak_memory(speed, tmp_path):
+    code = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(0.6)"
+    r = speed.run_measured([sys.executable, "-c", code], 1, str(tmp_path / "log"))
+    assert r["rc"] == 0 and r["peak_rss_mb"] >= 300 and r["median_rss_mb"] > 0

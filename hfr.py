@@ -413,7 +413,9 @@ class Relabeler:
     def tensor(self, x) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x, np.float32), device=self.device)
 
-    def begin_iteration(self) -> None:
+    def end_collection(self) -> None:
+        """Each task's encoder buffer is cleared when the next iteration's data first reaches it (the authors'
+        should_clear flags, reset after collection; so in iteration 0 the initial pool stays beside the new data)."""
         self.cleared[:] = False
 
     def hfr_distribution(self, traj: dict, rew: np.ndarray, rng) -> np.ndarray:
@@ -1145,13 +1147,13 @@ if __name__ == "__main__":
                     trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
                     env_steps += n
                     progress.step("collect", n, status(it, f"initial pool: task {i + 1}/{len(train_tasks)}"))
-            relabeler.begin_iteration()
             for k in range(args.num_tasks_sample):
                 i = int(rng.integers(len(train_tasks)))
                 new = collect_for_task(env, agent, i, train_tasks[i], relabeler, args, ctx_dim, rng, device)
                 trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
                 env_steps += n
                 progress.step("collect", n, status(it, f"collecting: task {k + 1}/{args.num_tasks_sample}"))
+            relabeler.end_collection()  # after, not before: iteration 0 keeps the initial pool in the encoder buffers
             relabeler.update_log_partition(rng)  # Algorithm 1's log Z for the next iteration's relabeling
             progress.step("relabel", 1, status(it, "log Z of Algorithm 1"))
             t_collect = time.time() - t0

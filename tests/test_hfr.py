@@ -117,7 +117,7 @@ def test_hardmax_relabels_every_trajectory_to_the_argmax_task():
     # U - log Z = (ln 2, ln 8, ln 4) with log Z = 0: task 1 wins. Each stored trajectory adds its start state
     # (s[0] = 0) to the chosen task's start states; 40 rows keep that from changing the argmax.
     fill_start_states(rel, [LN2, LN8, LN4], n=40)
-    rel.begin_iteration()
+    rel.end_collection()
     rel.store([diagonal_trajectory(rel.env, rel.tasks[0]) for _ in range(5)], 0, np.random.default_rng(0),
               add_to_encoder=True, may_relabel=True)
     assert rel.rl_buf.size.tolist() == rel.enc_buf.size.tolist() == [0, 50, 0]
@@ -164,7 +164,7 @@ def test_relabeled_rewards_and_terminals_are_env_evaluate_of_the_chosen_task(rel
     fill_start_states(rel, [0.0, 0.0, 0.0])
     for j in range(3):  # HIPI's z_j come from the encoder buffers
         rel.enc_buf.add_trajectory(j, hfr.pack(diagonal_trajectory(rel.env, rel.tasks[j]), np.zeros(10)))
-    rel.begin_iteration()
+    rel.end_collection()
     rng = np.random.default_rng(1)
     trajs = [diagonal_trajectory(rel.env, rel.tasks[1]) for _ in range(6)]
     rel.store(trajs, 1, rng, add_to_encoder=True, may_relabel=True)
@@ -187,7 +187,7 @@ def test_relabeled_rewards_and_terminals_are_env_evaluate_of_the_chosen_task(rel
 def test_relabeled_rewards_under_reward_delay_are_delayed_rewards_of_the_chosen_task():
     rel = make("random", reward_delay=4)
     fill_start_states(rel, [0.0, 0.0, 0.0])
-    rel.begin_iteration()
+    rel.end_collection()
     trajs = [diagonal_trajectory(rel.env, rel.tasks[1], reward_delay=4) for _ in range(6)]
     rel.store(trajs, 1, np.random.default_rng(1), add_to_encoder=True, may_relabel=True)
     for j in range(3):
@@ -232,11 +232,24 @@ def test_initial_data_and_none_stay_with_their_task():
         assert rel.pop_stats()["relabel/fraction_relabeled"] == 0.0
 
 
+def test_iteration_0_keeps_the_initial_pool_in_the_encoder_buffer_later_iterations_clear_it():
+    """The authors' should_clear flags: a task's encoder buffer is cleared when an iteration's data first reaches
+    it, and the flags are reset after collection, so the initial pool and iteration 0's data share the buffer."""
+    rel, rng = make("none"), np.random.default_rng(0)
+    traj = diagonal_trajectory(rel.env, rel.tasks[2])
+    rel.store([traj], 2, rng, add_to_encoder=True, may_relabel=False)  # the initial pool
+    rel.store([traj], 2, rng, add_to_encoder=True, may_relabel=True)  # iteration 0's collection
+    assert rel.enc_buf.size[2] == 20 and rel.rl_buf.size[2] == 20
+    rel.end_collection()
+    rel.store([traj], 2, rng, add_to_encoder=True, may_relabel=True)  # iteration 1: recent data only
+    assert rel.enc_buf.size[2] == 10 and rel.rl_buf.size[2] == 30
+
+
 def test_learned_reward_replaces_the_reward_but_not_the_terminals():
     rel = make("random", learned_reward=True, learning_rate=1e-2)
     fill_start_states(rel, [0.0, 0.0, 0.0])
     traj = diagonal_trajectory(rel.env, rel.tasks[1])
-    rel.begin_iteration()
+    rel.end_collection()
     rel.store([traj], 1, np.random.default_rng(0), add_to_encoder=True, may_relabel=True)
     j = int(np.flatnonzero(rel.rl_buf.size)[0])  # the task it went to
     rows = rel.rl_buf.data[j][:10]
@@ -301,6 +314,16 @@ def test_each_relabel_mode_end_to_end(relabel, extra, tmp_path):
     if extra:
         assert np.isfinite(last["losses/reward_model_loss"])
     assert hfr.load_checkpoint(d)["script"] == "hfr.py"
+
+
+def test_the_loop_keeps_the_initial_pool_through_iteration_0(tmp_path):
+    """One train task, sampled 4 times in iteration 0: its encoder buffer ends with the initial pool (40) and the
+    4 x (40 prior + 40 posterior) collected, as the authors' flags leave it (320 if the pool were cleared)."""
+    d = str(tmp_path / "pool")
+    run([*TINY, "--relabel", "none", "--num-train-tasks", "1", "--num-tasks-sample", "4", "--num-iterations", "1",
+         "--run-dir", d])
+    ckpt = torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False)
+    assert ckpt["enc_buffer"]["size"].tolist() == [360]
 
 
 def test_hfr_end_to_end_and_exact_resume_after_sigterm(finished, tmp_path):

@@ -518,7 +518,7 @@ DEFAULTS = dict(num_iterations=500, meta_batch=16, num_initial_steps=2000, num_t
                 num_steps_posterior=0, num_extra_rl_steps_posterior=400, num_train_steps_per_itr=2000,
                 batch_size=256, embedding_batch_size=64, num_evals=2, num_steps_per_eval=600, num_exp_traj_eval=1,
                 discount=0.99, reward_scale=5.0, kl_lambda=0.1, critic_dense_reward=False)
-_HFR = dict(num_train_steps_per_itr=1000, num_exp_traj_eval=2)
+_HFR = dict(num_train_steps_per_itr=1000, num_exp_traj_eval=2, num_steps_per_eval=600)  # 600: 4 Sawyer episodes
 PAPER_DEFAULTS = {
     # PEARL (oyster)
     "cheetah-vel": dict(num_extra_rl_steps_posterior=600, embedding_batch_size=100, num_exp_traj_eval=2, num_evals=1),

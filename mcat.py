@@ -1097,9 +1097,10 @@ if __name__ == "__main__":
         iters_left = max(n_iter - iteration, 0)
         learn_left = max(args.total_timesteps - max(env_steps, args.learning_starts), 0)
         progress = Progress({"collect": args.total_timesteps - env_steps, "update": learn_left * args.updates_per_step,
-                             "model": (iters_left * args.model_updates if meta else args.transfer_model_updates),
+                             "model": (iters_left * args.model_updates if meta
+                                       else args.transfer_model_updates * (args.transfer_episodes > 0)),
                              "translator": (iters_left * args.translator_updates * (not args.no_transfer) if meta
-                                            else args.transfer_translator_updates),
+                                            else args.transfer_translator_updates * (args.transfer_episodes > 0)),
                              "eval": -(-iters_left // args.eval_every) * (1 + meta) * args.eval_episodes})
         start_time, start_steps, last_eval = time.time(), env_steps, float("nan")
         status = lambda what: (f"iteration {iteration}/{n_iter} | {what} | env steps {env_steps:,}/"  # noqa: E731

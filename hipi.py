@@ -125,6 +125,9 @@ class Args:
     writes -|A|)"""
     grad_clip: Optional[float] = None
     """clip the global gradient norm of each network, 0 = off (App. C.1: 1.0 was needed on Sawyer; None: per env)"""
+    clip_critic: Optional[tuple[float, float]] = None
+    """LO HI: squash every critic's output into (LO, HI) by LO + (HI - LO) sigmoid(x), the authors' train_eval.py
+    clip_critic (their README: -1000 0 on the dm_control reacher and finger tasks); 0 0 = off (None: per env)"""
     eval_every: Optional[int] = None
     """environment steps per iteration; one evaluation, log line and checkpoint per iteration (default: per env)"""
     num_eval_tasks: int = 30
@@ -161,14 +164,18 @@ def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
 
 
 class SoftQNetwork(nn.Module):
-    """Q(s, a, psi): the task is concatenated to the observation (App. C.1)."""
+    """Q(s, a, psi): the task is concatenated to the observation (App. C.1). With an output range (lo, hi) other than
+    (0, 0) the last layer's output x becomes lo + (hi - lo) sigmoid(x), as the authors' clip_critic (train_eval.py's
+    output_activation_fn of the critic network; App. C.11 does the same on the desk task)."""
 
-    def __init__(self, obs_dim, act_dim, task_dim, hidden):
+    def __init__(self, obs_dim, act_dim, task_dim, hidden, output_range=(0.0, 0.0)):
         super().__init__()
         self.net = mlp(obs_dim + task_dim + act_dim, 1, hidden)
+        self.lo, self.hi = (float(v) for v in output_range)
 
     def forward(self, obs, task, act):
-        return self.net(torch.cat([obs, task, act], -1)).squeeze(-1)
+        q = self.net(torch.cat([obs, task, act], -1)).squeeze(-1)
+        return q if self.lo == self.hi else self.lo + (self.hi - self.lo) * torch.sigmoid(q)
 
 
 class Actor(nn.Module):
@@ -603,13 +610,18 @@ def torch_policy(net, device):
 
 # ---------------------------------------------------------------------------------------------------- plumbing
 # Per-env defaults. Batch 32 is the paper's (App. C.1) and the authors' README; hidden widths are App. C.1's
-# (32 for 2-D navigation, 64 for the others); 10,000 initial random steps are the authors'. The 2-D point families
-# of the other papers (horizon 20) get the 2-D navigation networks and 2,000 initial steps (100 episodes).
+# (32 for 2-D navigation, 256 for the quadruped, 64 for the others); 10,000 initial random steps are the authors'.
+# The 2-D point families of the other papers (horizon 20) get the 2-D navigation networks and 2,000 initial steps
+# (100 episodes). The dm_control goal tasks: the README's commands (batch 32, one train step per env step,
+# clip_critic (-1000, 0) on finger and both reachers; the margins 0.01 and the quadruped's goal_radius 0.3 are the
+# families' own defaults), no gradient clipping (App. C.1 needed it on Sawyer and Jaco only), the authors'
+# num_iterations (1M steps); horizons are the families' (1000, the quadruped 300: App. C.3-C.5).
 DEFAULTS = {"total_timesteps": 1_000_000, "learning_starts": 10_000, "eval_every": 10_000, "batch_size": 256,
-            "hidden": 256, "grad_clip": 0.0}  # the authors' train_eval.py defaults, for any other reward family
+            "hidden": 256, "grad_clip": 0.0, "clip_critic": (0.0, 0.0)}  # the authors' train_eval.py defaults
 NAVIGATION = {"learning_starts": 2_000, "eval_every": 2_000, "batch_size": 32, "hidden": 32}
 SAWYER = {"total_timesteps": 1_000_000, "learning_starts": 10_000, "eval_every": 10_000, "batch_size": 32,
           "hidden": 64, "grad_clip": 1.0}
+DM_CONTROL = {**SAWYER, "grad_clip": 0.0, "clip_critic": (-1000.0, 0.0)}
 PAPER_DEFAULTS = {
     "four-rooms": {**NAVIGATION, "total_timesteps": 100_000, "learning_starts": 10_000},
     "point-robot": {**NAVIGATION, "total_timesteps": 30_000},
@@ -618,15 +630,24 @@ PAPER_DEFAULTS = {
     "sawyer-reach": SAWYER,
     "sawyer-reach-margin": SAWYER,
     "walker-linear": {**SAWYER, "grad_clip": 0.0},
+    "dm-reacher": DM_CONTROL,
+    "dm-reacher-discrete": DM_CONTROL,
+    "dm-finger": DM_CONTROL,
+    "dm-quadruped": {**DM_CONTROL, "hidden": 256, "clip_critic": (0.0, 0.0)},  # README: no clip_critic here
 }
-FINITE_TASK_LISTS = ("four-corners",)  # the paper's "discrete" task sets: the whole list is the candidate set
+# the paper's "discrete" task sets: the whole list is the candidate set (the authors' task_distribution.tasks)
+FINITE_TASK_LISTS = ("four-corners", "dm-reacher-discrete")
 # CPU seconds per 1,000 training env steps (one env step + one gradient step) with --relabel hipi at the env's
 # defaults, one torch thread, measured on this project's 2-core development machine under a load average of ~7
 # (all methods measured 3-8 s there, none consistently cheaper): the cost line of --help, +-50 %.
-SECONDS_PER_1K_STEPS = {"point-robot": 5, "sparse-point-robot": 5, "four-corners": 5, "four-rooms": 5}
+# The dm_control families: the collect + update + relabel seconds of a 1,500-step run at their defaults (500 random
+# steps, then 1,000 steps with a gradient step each), one torch thread, load average ~6.5.
+SECONDS_PER_1K_STEPS = {"point-robot": 5, "sparse-point-robot": 5, "four-corners": 5, "four-rooms": 5,
+                        "dm-reacher": 10, "dm-reacher-discrete": 6, "dm-finger": 9, "dm-quadruped": 20}
 QUICK = {"point-robot": "python hipi.py --env point-robot --total-timesteps 6000"}
 
 CHECKPOINT_FORMAT = 1
+BEFORE_FIELD = {"clip_critic": (0.0, 0.0)}  # what a field did in checkpoints written before it existed
 SCRIPT = os.path.basename(__file__)
 GIVEN_ON_RESUME = ("total_timesteps", "cuda", "capture_video", "run_dir", "save_model", "save_dataset",
                    "dataset_episodes")
@@ -648,6 +669,18 @@ def resolve(args: Args) -> Args:
         if getattr(args, k) is None:
             setattr(args, k, v)
     return args
+
+
+def names_achieved_goals(env) -> bool:
+    """Whether the family names the goal a state achieves (env.achieved_task, which HER and the state candidates
+    need). dm-reacher-discrete defines it only to refuse: its tasks are one-hot choices among fixed goals."""
+    if not hasattr(env, "achieved_task"):
+        return False
+    try:
+        env.achieved_task(np.zeros(env.observation_space.shape, np.float32), env.train_tasks[0])
+    except NotImplementedError:
+        return False
+    return True
 
 
 def check_args(args: Args, env) -> None:
@@ -675,6 +708,9 @@ def check_args(args: Args, env) -> None:
     for field in ("first_task_reward_bias", "target_entropy"):
         if not math.isfinite(getattr(args, field)):
             fail(f"{flag(field)} {getattr(args, field)}: must be a finite number")
+    lo, hi = args.clip_critic
+    if not (math.isfinite(lo) and math.isfinite(hi) and (lo < hi or lo == hi == 0)):
+        fail(f"--clip-critic {lo:g} {hi:g}: must be two finite numbers LO < HI (or 0 0: off)")
     if env.varies != "reward":
         fail(f"--env {args.env}: hipi.py relabels rewards, and {args.env} varies {env.varies}; it serves the families "
              f"whose tasks vary the reward only, e.g. {', '.join(PAPER_DEFAULTS)}")
@@ -685,7 +721,7 @@ def check_args(args: Args, env) -> None:
                      f"--relabel {args.relabel}" + (" (HER relabels 1/2 (final) or 4/5 (future) of what it stores)"
                                                     if field == "relabel_fraction" else ""))
     goal_only = args.relabel in ("final", "future") or (args.candidates != "tasks" and args.mode == "rl")
-    if goal_only and not hasattr(env, "achieved_task"):
+    if goal_only and not names_achieved_goals(env):
         what = f"--relabel {args.relabel}" if args.relabel in ("final", "future") else f"--candidates {args.candidates}"
         fail(f"{what}: needs a goal family (env.achieved_task); {args.env} has none: use --relabel hipi, random or "
              "none with --candidates tasks")
@@ -731,14 +767,16 @@ def parse_args(argv: list[str], description: str) -> Args:
 def help_text(env_name: str) -> str:
     """--help's description: the resolved defaults of --env and what a run of that size costs."""
     head = __doc__.split("\n\n")[0]
+    show = lambda v: "off" if v in (0.0, (0.0, 0.0)) else f"({v[0]:g}, {v[1]:g})" if isinstance(v, tuple) else v
     if env_name not in envs.names():
-        rows = [f"  {name}: " + ", ".join(f"{k}={v}" for k, v in {**DEFAULTS, **d}.items())
+        rows = [f"  {name}: " + ", ".join(f"{k}={show(v)}" for k, v in {**DEFAULTS, **d}.items())
                 for name, d in PAPER_DEFAULTS.items()]
         return head + "\n\nper-env defaults (choose one with --env):\n" + "\n".join(rows)
     d = {**DEFAULTS, **PAPER_DEFAULTS.get(env_name, {})}
-    text = textwrap.fill(f"paper defaults for --env {env_name}: " + " ".join(f"{k}={v}" for k, v in d.items())
-                         + " (0 = off) target_entropy=-|A|/2" + (" (the whole finite task list is the task set)"
-                                                                 if env_name in FINITE_TASK_LISTS else ""), 110)
+    text = textwrap.fill(f"paper defaults for --env {env_name}: " + " ".join(f"{k}={show(v)}" for k, v in d.items())
+                         + " target_entropy=-|A|/2"
+                         + (" (the whole finite task list is the task set)" if env_name in FINITE_TASK_LISTS else ""),
+                         110)
     if env_name in SECONDS_PER_1K_STEPS:
         minutes = SECONDS_PER_1K_STEPS[env_name] * d["total_timesteps"] / 1000 / 60
         text += (f"\n\na paper-size run costs ~{minutes / 60:.2g} h (~{minutes:.0f} min) on a 2-core CPU (measured: "
@@ -777,7 +815,8 @@ def parse_command_line(argv: list[str]):
         path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
         typed, stored = typed_fields(argv), ckpt["args"]
         for f in fields(Args):
-            name, given, old = f.name, getattr(args, f.name), stored.get(f.name)
+            # a checkpoint written before --clip-critic existed trained unclipped critics
+            name, given, old = f.name, getattr(args, f.name), stored.get(f.name, BEFORE_FIELD.get(f.name))
             if name == "resume" or (name in typed and given == old):
                 continue
             if name not in typed:
@@ -944,8 +983,8 @@ if __name__ == "__main__":
 
         obs_dim, act_dim, task_dim = env.observation_space.shape[0], env.action_space.shape[0], env.task_dim
         actor = Actor(obs_dim, act_dim, task_dim, args.hidden).to(device)
-        qf1, qf2 = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
-        qf1_target, qf2_target = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden).to(device) for _ in range(2))
+        qf1, qf2, qf1_target, qf2_target = (SoftQNetwork(obs_dim, act_dim, task_dim, args.hidden, args.clip_critic)
+                                            .to(device) for _ in range(4))
         qf1_target.load_state_dict(qf1.state_dict())
         qf2_target.load_state_dict(qf2.state_dict())
         nets = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}

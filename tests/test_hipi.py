@@ -352,6 +352,10 @@ def parse_error(argv, capsys):
     (["--env", "four-corners", "--candidates", "next_states"], "--candidates next_states"),
     (["--env", "four-rooms", "--relabel", "future", "--relabel-fraction", "0.3"], "--relabel-fraction"),
     (["--env", "four-rooms", "--relabel", "none", "--candidates", "states"], "--candidates"),
+    (["--clip-critic", "0", "-1"], "--clip-critic 0 -1"),
+    (["--clip-critic", "-1", "inf"], "--clip-critic"),
+    (["--env", "dm-reacher-discrete", "--relabel", "future"], "--relabel future"),  # one-hot tasks: no goals
+    (["--env", "dm-reacher-discrete", "--candidates", "scored_next_states"], "--candidates scored_next_states"),
     (["--mode", "bc", "--dataset", "/no/such.npz"], "--dataset"),
     (["--mode", "bc", "--relabel", "final", "--dataset", "/no/such.npz"], "--relabel final"),
     (["--resume", "/no/such/checkpoint.pt"], "--resume"),
@@ -365,6 +369,31 @@ def test_defaults_resolve_per_env_and_target_entropy_is_tf_agents():
     assert (args.total_timesteps, args.learning_starts, args.batch_size, args.hidden) == (100_000, 10_000, 32, 32)
     assert args.target_entropy == -1.0 and not finite and ckpt is None  # -|A| / 2 with |A| = 2
     assert hipi.parse_command_line(["--env", "four-corners", "--target-entropy", "-2"])[3]
+
+
+@pytest.mark.parametrize("env_name,hidden,clip,finite", [
+    ("dm-reacher", 64, (-1000.0, 0.0), False), ("dm-reacher-discrete", 64, (-1000.0, 0.0), True),
+    ("dm-finger", 64, (-1000.0, 0.0), False), ("dm-quadruped", 256, (0.0, 0.0), False)])
+def test_dm_control_families_get_the_authors_readme_settings(env_name, hidden, clip, finite):
+    """The README's commands (batch 32, clip_critic (-1000, 0) on finger and reachers) with App. C.1's widths; the
+    discrete reacher relabels over its whole list of 32 one-hot tasks."""
+    args, env, _, is_finite, _ = hipi.parse_command_line(["--env", env_name])
+    assert (args.batch_size, args.hidden, args.clip_critic, args.grad_clip) == (32, hidden, clip, 0.0)
+    assert (args.total_timesteps, args.learning_starts, args.updates_per_step) == (1_000_000, 10_000, 1)
+    assert is_finite == finite and args.relabel_fraction == 0.5
+
+
+def test_clip_critic_squashes_the_critic_into_its_range():
+    torch.manual_seed(0)
+    plain = hipi.SoftQNetwork(3, 2, 1, 8)
+    clipped = hipi.SoftQNetwork(3, 2, 1, 8, (-1000.0, 0.0))
+    clipped.load_state_dict(plain.state_dict())  # no extra parameters: checkpoints keep their layout
+    obs, task, act = 100 * torch.randn(64, 3), torch.randn(64, 1), torch.randn(64, 2)
+    raw = plain.net(torch.cat([obs, task, act], -1)).squeeze(-1)
+    torch.testing.assert_close(plain(obs, task, act), raw)
+    q = clipped(obs, task, act)
+    torch.testing.assert_close(q, -1000.0 + 1000.0 * torch.sigmoid(raw))
+    assert (q <= 0).all() and (q >= -1000).all() and raw.abs().max() > 5  # some outputs far outside sigmoid's middle
 
 
 def test_help_shows_the_chosen_envs_defaults_and_cost(capsys):

@@ -490,6 +490,30 @@ def test_help_shows_the_paper_defaults_of_the_chosen_env(capsys):
     assert all(f"{name}: batch-size=" in out for name in gh_air.PAPER_DEFAULTS)
 
 
+def test_humanoid_direction_takes_the_launchers_ant_direction_row():
+    """The paper's Humanoid is not in the authors' launcher; it runs with the row of the same reward on the ant."""
+    args, env, env_list, _ = gh_air.parse_command_line(["--env", "humanoid-dir-sparse"])
+    ant = {**gh_air.DEFAULTS, **gh_air.PAPER_DEFAULTS["ant-dir-sparse"]}
+    assert all(getattr(args, k) == v for k, v in ant.items()) and env.horizon == 1000 and len(env_list) == 25
+
+
+def test_fetch_reach_takes_the_launchers_fetchreach_row_or_names_its_package(capsys):
+    row = {**gh_air.DEFAULTS, **gh_air.PAPER_DEFAULTS["fetch-reach"]}
+    assert (row["gamma"], row["buffer_size"], row["episodes_per_iteration"], row["hidden"]) == (0.98, 250_000, 5,
+                                                                                                 (256, 256))
+    assert row["time_limit_terminal"]  # rlkit's TimeLimit returns done at t = 50
+    try:
+        import gymnasium_robotics  # noqa: F401
+    except ImportError:  # not in requirements.txt: one line naming the package, before anything runs
+        with pytest.raises(SystemExit) as e:
+            gh_air.parse_command_line(["--env", "fetch-reach"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and "gymnasium-robotics" in err, err
+        return
+    args, env, _, _ = gh_air.parse_command_line(["--env", "fetch-reach", "--num-eval-tasks", "5"])
+    assert env.horizon == 50 and args.gamma == 0.98
+
+
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, SCRIPT, "--seed", "-1", "--run-dir", str(tmp_path / "never")],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)

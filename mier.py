@@ -60,7 +60,7 @@ class Args:
     """write run_dir/checkpoint.pt after every epoch and every relabeled test task"""
     env: str = "cheetah-vel-ood-hard"
     """cheetah-vel-ood-hard, cheetah-vel-ood-medium, ant-dir-ood, cheetah-negated-joints, ant-negated-joints,
-    cheetah-vel (the paper's), or point-robot (cheap smoke tests)"""
+    cheetah-vel, walker-rand-params, humanoid-dir (the paper's), or point-robot (cheap smoke tests)"""
     num_epochs: Optional[int] = None
     """meta-training epochs (authors: num_train_epochs)"""
     resume: Optional[str] = None
@@ -79,7 +79,7 @@ class Args:
     """steps collected with phi_0 per collection (-> adaptation buffer and replay buffer)"""
     steps_posterior: Optional[int] = None
     """steps collected with the adapted phi_T per collection (-> replay buffer only)"""
-    buffer_size: int = 100_000
+    buffer_size: Optional[int] = None
     """FIFO capacity per train task of each of the two buffers: 2 x tasks x capacity x (2 obs + act + 2) floats"""
     # Alg. 1: model identification
     train_steps: Optional[int] = None
@@ -521,13 +521,21 @@ def evaluate(env, tasks, model, actor, args, device, frames=None):
 # Plumbing: the authors' per-env values, argument checks, --help, progress lines, checkpoints, signals
 
 # mier_public configs/default.py overridden by configs/envs/{benchmarks,ood}/<env>.json (configs/exps/mier-*.json)
+# buffer_size is ours (authors: replay_buffer_max_sample_size 1e6 per task): enough that a paper-size run evicts
+# nothing (cheetah: ~22k transitions per task; walker-rand-params: 2k + 1000 epochs x 5/40 x 1k = 127k on average,
+# ~155k for the most sampled of its 40 tasks; humanoid-dir: 0.4k + 200 x 5/100 x 1k = 10.4k, ~21k at most), and no
+# larger: the arrays are allocated whole (pages are touched as they fill; 100 humanoid tasks x 30k x 775 floats).
 DEFAULTS = dict(num_epochs=400, initial_repeats=5, tasks_per_epoch=5, steps_prior=400, steps_posterior=600,
                 train_steps=1000, adapt_batch=200, context_dim=5, sac_hidden="300,300,300", sac_steps_per_epoch=1000,
-                context_steps=10, finetune_steps=100)
+                context_steps=10, finetune_steps=100, buffer_size=100_000)
 PAPER_DEFAULTS: dict[str, dict] = {
     "cheetah-vel-ood-hard": {},  # ood/cheetah-vel-hard.json
     "cheetah-vel-ood-medium": {},  # ood/cheetah-vel-medium.json
     "cheetah-vel": {},  # benchmarks/cheetah-vel.json (in distribution)
+    # benchmarks/walker-rand-params.json (40 train / 10 test tasks, in distribution; the authors' ood config needs
+    # their task_mode 'ood' split, which envs does not build) and benchmarks/humanoid-dir.json (100 / 30)
+    "walker-rand-params": dict(num_epochs=1000, adapt_batch=400, buffer_size=200_000),
+    "humanoid-dir": dict(num_epochs=200, initial_repeats=1, adapt_batch=400, buffer_size=30_000),
     "ant-dir-ood": dict(num_epochs=600, adapt_batch=400, sac_hidden="256,256", sac_steps_per_epoch=50,
                         context_steps=20, finetune_steps=0),
     "cheetah-negated-joints": dict(context_dim=10, adapt_batch=400, sac_hidden="256,256", finetune_steps=0),
@@ -540,6 +548,9 @@ SUPPORTED = tuple(PAPER_DEFAULTS)
 # --help's cost line: seconds per meta-training step (model meta-update + SAC update) at paper size on
 # cheetah-vel-ood-hard, on the shared 2-core CPU at load average 5-6 (`--num-epochs 1 --train-steps 20`)
 STEP_SECONDS = 0.9
+# larger models and adaptation batches: one meta-training step (meta_update + policy_update at paper size) timed
+# against cheetah-vel-ood-hard's in one process, alternately, one torch thread (medians of 3)
+STEP_RATIO = {"walker-rand-params": 2.1, "humanoid-dir": 4.0}
 REDUCED = {  # a reduced run that shows learning within an hour (benchmarks/mier.md)
     name: "--num-epochs 40 --initial-repeats 1 --train-steps 500 --meta-batch 8 --adapt-batch 128 --model-hidden 128 "
           "--sac-hidden 64,64 --num-eval-tasks 10 --eval-interval 2 (25-33 min a run; the curves: benchmarks/mier.md)"
@@ -631,10 +642,11 @@ def help_text(env_name: str) -> str:
         return head + "\n\npaper defaults per --env (flags override):\n\n" + "\n\n".join(rows)
     row = {**DEFAULTS, **PAPER_DEFAULTS[env_name]}
     text = f"paper defaults for --env {env_name}: " + " ".join(f"{k}={v}" for k, v in row.items())
-    hours = row["num_epochs"] * row["train_steps"] * STEP_SECONDS / 3600
+    ratio = STEP_RATIO.get(env_name)
+    hours = row["num_epochs"] * row["train_steps"] * STEP_SECONDS * (ratio or 1) / 3600
     cost = (f"a paper-size run costs ~{hours:.0f} h on a 2-core CPU (measured: {STEP_SECONDS} s per meta-training "
-            f"step at paper size on cheetah-vel-ood-hard, times {row['num_epochs']} epochs x {row['train_steps']} "
-            "steps; Alg. 2 and evaluations extra)")
+            "step at paper size on cheetah-vel-ood-hard" + (f", x {ratio} on {env_name}" if ratio else "")
+            + f", times {row['num_epochs']} epochs x {row['train_steps']} steps; Alg. 2 and evaluations extra)")
     if env_name == "point-robot":
         cost = "a default point-robot run takes a few minutes on a 2-core CPU (tests/test_mier.py learns in ~20 s)"
     reduced = f"\n\nreduced run: python mier.py --env {env_name} {REDUCED[env_name]}" if env_name in REDUCED else ""

@@ -181,6 +181,8 @@ BAD_INPUTS = [  # (flags after --env point-robot, text the one error line must c
     (["--num-eval-tasks", "0"], "--num-eval-tasks 0"), (["--rollout-batch", "5"], "--rollout-batch 5"),
     (["--steps-prior", "1000000"], "--buffer-size"), (["--sac-hidden", "64,x"], "--sac-hidden"),
     (["--env", "no-such-env"], "--env no-such-env: unknown"), (["--env", "sawyer-push"], "--env sawyer-push"),
+    (["--env", "hopper-rand-params"], "--env hopper-rand-params: mier.py has no authors' configuration"),
+    (["--buffer-size", "0"], "--buffer-size 0"),
     (["--num-epochs", "x"], "--num-epochs"), (["--no-such-flag"], "--no-such-flag"),
     (["--resume", "/nonexistent/checkpoint.pt"], "--resume /nonexistent"),
 ]
@@ -208,6 +210,21 @@ def test_help_shows_the_resolved_paper_defaults_of_the_chosen_env(env_name, text
         mier.parse_command_line(["--env", env_name, "--help"])
     out = " ".join(capsys.readouterr().out.split())  # the terminal's width wraps the lines
     assert e.value.code == 0 and all(t in out for t in texts), out
+
+
+@pytest.mark.parametrize("env_name, row", [
+    ("walker-rand-params", dict(num_epochs=1000, initial_repeats=5, adapt_batch=400, sac_hidden="300,300,300")),
+    ("humanoid-dir", dict(num_epochs=200, initial_repeats=1, adapt_batch=400, sac_hidden="300,300,300"))])
+def test_benchmark_families_take_the_authors_benchmark_configs(env_name, row):
+    """mier_public configs/envs/benchmarks/{walker-rand-params,humanoid-dir}.json over configs/default.py, with a
+    buffer that holds a paper-size run's data of the most sampled task."""
+    args, env, _ = mier.parse_command_line(["--env", env_name])
+    assert all(getattr(args, k) == v for k, v in row.items())
+    assert (args.steps_prior, args.steps_posterior, args.train_steps, args.tasks_per_epoch) == (400, 600, 1000, 5)
+    draws, p = args.num_epochs * args.tasks_per_epoch, 1 / len(env.train_tasks)  # collections: Binomial(draws, p)
+    most = draws * p + 4 * np.sqrt(draws * p * (1 - p))  # 4 standard deviations above a task's expected count
+    assert args.initial_repeats * args.steps_prior + most * 1000 <= args.buffer_size and (len(env.train_tasks), len(env.test_tasks)) == {
+        "walker-rand-params": (40, 10), "humanoid-dir": (100, 30)}[env_name]
 
 
 # ---------------------------------------------------------------- end to end (subprocess, tiny flags)

@@ -11,10 +11,11 @@ Each iteration collects one episode on every train task in lockstep, then trains
 features z^(i) (§3.2); (c) with C, F frozen, the action translator H(s, a, z_src, z_tgt) with Eq. 3; (d) with C
 frozen, TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) collection on task i acts with pi(s, z_t) or, when it earned
 more there recently, with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Evaluation runs pi on unseen
-test tasks, z_t inferred online. Transfer mode (Table 1): a TD3 source policy on one task, fixed noisy data on
-source and target, C/F then H fit on it; source policy vs H(s, pi(s), z_src, z_tgt) on the target.
+test tasks, z_t inferred online. Transfer mode (Table 1): a TD3 source policy on one task, fixed data on source
+and target (ours: that policy plus noise; --transfer-recipe authors: 100k transitions from each task's own mediocre
+TD3 policy, C/F on the target only), C/F then H fit on it; source policy vs H(s, pi(s), z_src, z_tgt) on the target.
     python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]   # MCAT [w/o PT] (Tables 2-4)
-    python mcat.py --env cheetah-armature --mode transfer                      # Table 1
+    python mcat.py --env cheetah-armature --mode transfer [--transfer-recipe authors]   # Table 1
 Reduced settings for a 2-core CPU: benchmarks/mcat.md; choices the paper leaves open: docs/mcat.md.
 """
 
@@ -156,14 +157,22 @@ class Args:
     """source task, an index into train_tasks + test_tasks (default: the paper's pair, else 0)"""
     target_task: Optional[int] = None
     """target task, same indexing (default: the paper's pair, else the task farthest from the source)"""
+    transfer_recipe: Literal["ours", "authors"] = "ours"
+    """fixed data and C/F, H training: ours, or the authors' (guoyijie/MCAT train_transfer_action.py; docs/mcat.md)"""
     transfer_episodes: int = 10
     """fixed-data episodes per task, collected with the source policy plus noise (0: stop after the source policy)"""
     transfer_data_noise: float = 0.3
     """Gaussian noise on the source policy while collecting the fixed data (a 'mediocre' policy)"""
-    transfer_model_updates: int = 5000
-    """C/F gradient steps on the fixed data"""
-    transfer_translator_updates: int = 5000
-    """H gradient steps on the fixed data"""
+    transfer_model_updates: Optional[int] = None
+    """C/F gradient steps on the fixed data (ours: 5,000; authors': 10,000 per round, then 1,000 once converged)"""
+    transfer_translator_updates: Optional[int] = None
+    """H gradient steps on the fixed data (ours: 5,000; authors': 3,000 per round)"""
+    transfer_data_steps: int = 100_000
+    """authors' recipe: transitions per task in the fixed data, each task's from its own data policy"""
+    data_policy_steps: Optional[int] = None
+    """authors' recipe: TD3 env steps of each data policy (default: the first 20k-step checkpoint after learning)"""
+    transfer_rounds: int = 30
+    """authors' recipe: rounds of C/F, then of H training (H's lr: 3e-4 in rounds < 5, 5e-5 in < 15, then 1e-5)"""
 
 
 # ------------------------------------------------------------------------------------------------- networks
@@ -694,6 +703,14 @@ def table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, horizon, obs_
     for _ in range(args.transfer_translator_updates):
         tl = translator_update(model, H, H_opt, data, z_pair, rng, args, device, pair=(0, 1))
         progress.step("translator", 1, "Table 1 | H on the fixed data")
+    return {**table1_returns(args, model, actor, H, z_pair, rng, device, pair_envs),
+            "losses/forward": fwd, "losses/contrastive": cont, "losses/translator": tl}
+
+
+def table1_returns(args, model, actor, H, z_pair, rng, device, pair_envs):
+    """Table 1's numbers: the source policy and the transferred policy H(s, pi(s), z_src, z_tgt) on the target task,
+    the source policy on the source task, `eval_episodes` each."""
+    K, zero_z = args.context_len, torch.zeros(1, args.context_dim, device=device)
     source_pol = make_policy(model, actor, device, z_fixed=zero_z)
     transfer_pol = make_policy(model, actor, device, z_fixed=zero_z, H=H, z_src=z_pair[[0]], z_tgt=z_pair[[1]],
                                use_transfer=np.ones(1, bool))
@@ -703,8 +720,170 @@ def table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, horizon, obs_
     return {"eval/return": float(np.mean(tr_on_tgt)), "eval/source_policy_return": float(np.mean(src_on_tgt)),
             "eval/source_on_source_return": float(np.mean(src_on_src)),
             "eval/transferred_stderr": float(np.std(tr_on_tgt) / np.sqrt(len(tr_on_tgt))),
-            "eval/source_stderr": float(np.std(src_on_tgt) / np.sqrt(len(src_on_tgt))),
-            "losses/forward": fwd, "losses/contrastive": cont, "losses/translator": tl}
+            "eval/source_stderr": float(np.std(src_on_tgt) / np.sqrt(len(src_on_tgt)))}
+
+
+# ------------------------------------------- Table 1 with the authors' data recipe (guoyijie/MCAT, Table 1 Replicate)
+# train_transfer_action.py and single_transfer.py: 100k transitions per task from each task's own "data policy" (a
+# TD3 actor checkpoint of train_td3.py, which saves one every 20k env steps; which checkpoint they loaded is not in
+# the code), C and F on the target task only, H on the source data with a fresh Adam per round.
+AUTHORS_MODEL_BATCH = 256  # (context, future step) pairs per forward batch (their get_forward_loss: sample(256))
+AUTHORS_FORWARD_THRESHOLD = {"cheetah": 0.01, "ant": 0.2, "hopper": 0.1, "walker": 0.2, "humanoid": 0.45}
+AUTHORS_CONVERGED_MODEL_UPDATES = 1000  # C/F steps per round once the last round's MSE is below the threshold
+CHECKPOINT_EVERY = 20_000  # train_td3.py saves the actor every 20k env steps
+
+
+def authors_translator_lr(round_: int) -> float:
+    """H's learning rate in round t (their train_transfer_agent_bisimilar: 3e-4 for t < 5, 5e-5 for t < 15, 1e-5)."""
+    return 3e-4 if round_ < 5 else 5e-5 if round_ < 15 else 1e-5
+
+
+def train_data_policy(env, args, rng, device, obs_dim, act_dim, progress, label):
+    """One task's mediocre data policy: TD3 (+SIL unless --no-sil) with a zero context on that task alone for
+    --data-policy-steps env steps, as the source policy is trained (random steps, updates per env step). The
+    source's data policy is its own run, not an early checkpoint of the good source policy's run: whether theirs
+    was is not in their code, and a run of its own treats both tasks alike."""
+    agent = make_agent(obs_dim, act_dim, args, device)
+    buf = TaskReplayBuffer(1, args.buffer_size, obs_dim, act_dim, sil_alpha=None if args.no_sil else args.sil_alpha)
+    zero_z, steps, grad_steps = torch.zeros(1, args.context_dim, device=device), 0, 0
+    nets, targets = (agent["actor"], agent["qf1"], agent["qf2"]), (agent["actor_t"], agent["qf1_t"], agent["qf2_t"])
+    while steps < args.data_policy_steps:
+        if steps < args.learning_starts:
+            policy = lambda o, *_: rng.uniform(-1, 1, (len(o), act_dim))  # noqa: E731
+        else:
+            policy = make_policy(agent["model"], agent["actor"], device, z_fixed=zero_z, noise=args.exploration_noise,
+                                 rng=rng)
+        new_steps = store_episodes(buf, agent["model"], rollout([env], policy, rng, args.context_len), args.gamma)
+        steps += new_steps
+        progress.step("collect", new_steps, f"Table 1 | {label} data policy: TD3 on the {label} task, {steps:,} steps")
+        if steps >= args.learning_starts:
+            for _ in range(int(new_steps * args.updates_per_step)):
+                grad_steps += 1
+                rl_step(grad_steps, agent["model"], buf, rng, nets, targets, agent["q_opt"], agent["pi_opt"], args,
+                        device, use_context=False)
+                progress.step("update", 1, f"Table 1 | {label} data policy: TD3 updates")
+    return agent["actor"]
+
+
+def collect_fixed_data(args, data_actors, rng, device, pair_envs, obs_dim, act_dim, progress):
+    """--transfer-data-steps transitions on each task of the pair from that task's own data policy, acting
+    deterministically (their select_action); the last episode is cut where the count is reached, as their loop
+    of 10e4 steps. The normalizers of the fresh C/F see both tasks' data (their compute_normalization on every
+    path). (Deviations: their loop carries the running episode over from one task to the next, so each task's first
+    episode there ran on the other task's physics; here every episode starts on its own task. Their paths store
+    states only and so lose each episode's last transition; here it is kept.) Returns (data with task 0 = source,
+    1 = target, the fresh C/F, mean return of the whole episodes)."""
+    data = TaskReplayBuffer(2, args.transfer_data_steps, obs_dim, act_dim)
+    model = DynamicsModel(obs_dim, act_dim, args.context_len, args.context_dim).to(device)
+    zero_z, returns = torch.zeros(1, args.context_dim, device=device), [[], []]
+    for k, (env, data_actor) in enumerate(zip(pair_envs, data_actors)):
+        policy = make_policy(model, data_actor, device, z_fixed=zero_z)
+        while data.size[k] < args.transfer_data_steps:
+            ep = rollout([env], policy, rng, args.context_len)
+            n = min(int(ep["lengths"][0]), args.transfer_data_steps - int(data.size[k]))
+            o, a, r, o2, d = (ep[key][0, :n] for key in ("obs", "act", "rew", "next_obs", "done"))
+            data.add_episode(k, o, a, r, o2, d, discounted_returns(r, args.gamma))
+            for norm, x in ((model.obs_norm, o), (model.act_norm, a), (model.delta_norm, o2 - o)):
+                norm.update(x)
+            if n == ep["lengths"][0]:
+                returns[k].append(float(ep["returns"][0]))
+            progress.step("collect", n, f"Table 1 | fixed data on task {k}: {int(data.size[k]):,} transitions")
+    return data, model, [float(np.mean(r)) if r else float("nan") for r in returns]
+
+
+def forward_loss_flat(model, buf, task, rng, args, device):
+    """Eq. 1 sampled as the authors' Table-1 code does (single_transfer.py get_forward_loss): 256 (context, future
+    step) pairs of one task, each a window start t with its context z_t and ONE of the next M transitions under
+    the same z_t, steps past the episode end dropped. Returns (NLL, MSE of F's mean, z_t)."""
+    K, n = args.context_len, AUTHORS_MODEL_BATCH
+    tasks = np.full(n, task)
+    idx = buf.sample_index(tasks, rng)
+    future = rng.integers(args.future_len, size=(n, 1))  # uniform over the M steps, as their bootstrap draw
+    _, act, delta, valid = to_t(device, *buf.gather(tasks, idx, np.arange(-K, 0), with_obs=False))
+    z = model.context(delta, act, valid)
+    obs_f, act_f, delta_f, valid_f = (x[:, 0] for x in to_t(device, *buf.gather(tasks, idx, future)))
+    mean, logvar = model.predict(obs_f, act_f, z)
+    err = (mean - model.delta_norm(delta_f)) ** 2
+    nll, mse = (err * torch.exp(-logvar) + logvar).mean(-1), err.mean(-1)
+    return (nll * valid_f).sum() / valid_f.sum(), ((mse * valid_f).sum() / valid_f.sum()).item(), z
+
+
+def model_update_one_task(model, opt, buf, task, rng, args, device):
+    """The authors' Table-1 C/F step (train_context_forward with a_idx = b_idx = target, label 0): Eq. 1 on two
+    batches of ONE task, each with the L2 term, and Eq. 2 with the two batches' contexts as same-task pairs (only
+    the pull-together term d^2). Returns (the two batches' summed MSE, their convergence measure; the NLL)."""
+    loss_a, mse_a, z_a = forward_loss_flat(model, buf, task, rng, args, device)
+    loss_b, mse_b, z_b = forward_loss_flat(model, buf, task, rng, args, device)
+    loss = loss_a + loss_b + 2 * model.weight_decay()
+    if not args.no_contrastive:
+        same = torch.zeros(len(z_a), dtype=torch.bool, device=device)
+        loss = loss + args.contrastive_weight * contrastive_loss(z_a, z_b, same, args.contrastive_margin)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return mse_a + mse_b, (loss_a + loss_b).item()
+
+
+def fit_model_on_target(model, data, rng, args, device, progress):
+    """C/F on the target task's data only: --transfer-rounds rounds of --transfer-model-updates steps, 1,000 once the
+    last round's mean summed MSE is below the authors' threshold for the family (one Adam throughout)."""
+    opt = torch.optim.Adam(model.parameters(), lr=args.model_lr)
+    threshold = next((v for k, v in AUTHORS_FORWARD_THRESHOLD.items() if args.env.startswith(k)), None)
+    mse, fwd = float("inf"), float("nan")
+    for t in range(args.transfer_rounds):
+        n = args.transfer_model_updates
+        if threshold is not None and mse < threshold:
+            n = min(n, AUTHORS_CONVERGED_MODEL_UPDATES)
+            progress.remaining["model"] -= args.transfer_model_updates - n
+        mses = []
+        for _ in range(n):
+            m, fwd = model_update_one_task(model, opt, data, 1, rng, args, device)
+            mses.append(m)
+            progress.step("model", 1, f"Table 1 | C/F on the target data, round {t + 1}/{args.transfer_rounds} | "
+                                      f"last round's forward MSE {mse:.4f} (threshold {threshold})")
+        mse = float(np.mean(mses))
+    return mse, fwd
+
+
+def fit_translator_authors(model, H, data, z_pair, rng, args, device, progress):
+    """H on the source data (Eq. 3, C and F frozen): --transfer-rounds rounds of --transfer-translator-updates steps,
+    a fresh Adam each round at authors_translator_lr(t) (their get_optim per round)."""
+    tl = float("nan")
+    for t in range(args.transfer_rounds):
+        opt = torch.optim.Adam(H.parameters(), lr=authors_translator_lr(t))
+        for _ in range(args.transfer_translator_updates):
+            tl = translator_update(model, H, opt, data, z_pair, rng, args, device, pair=(0, 1))
+            progress.step("translator", 1, f"Table 1 | H on the source data, round {t + 1}/{args.transfer_rounds} | "
+                                           f"lr {authors_translator_lr(t):g} | loss {tl:.4f}")
+    return tl
+
+
+def table1_transfer_authors(args, actor, H, rng, device, pair_envs, obs_dim, act_dim, progress):
+    """Table 1 with the authors' data recipe: each task's own mediocre TD3 policy collects --transfer-data-steps
+    there; a fresh C/F is fit on the target's data alone, then H on the source data; then as table1_transfer."""
+    times, t0 = {}, time.time()
+    data_actors = [train_data_policy(env, args, rng, device, obs_dim, act_dim, progress, label)
+                   for env, label in zip(pair_envs, ("source", "target"))]
+    times["time/update"] = time.time() - t0  # the data policies' TD3 runs, their env steps included
+    t0 = time.time()
+    data, model, data_returns = collect_fixed_data(args, data_actors, rng, device, pair_envs, obs_dim, act_dim,
+                                                   progress)
+    times["time/collect"] = time.time() - t0
+    t0 = time.time()
+    mse, fwd = fit_model_on_target(model, data, rng, args, device, progress)
+    # Deviation: z_src, z_tgt are computed once (the mean context of 256 windows per task) and H reads them as
+    # inputs; their pair translator H(s, a) reads no context, and F's z_tgt is re-averaged over a fresh batch of 256
+    # target windows at every step.
+    z_pair = task_features(model, data, rng, args, device)
+    model.requires_grad_(False)
+    tl = fit_translator_authors(model, H, data, z_pair, rng, args, device, progress)
+    times["time/relabel"] = time.time() - t0
+    t0 = time.time()  # once, after the last round (theirs: 100 episodes after every round; see docs/mcat.md)
+    record = table1_returns(args, model, actor, H, z_pair, rng, device, pair_envs)
+    times["time/eval"] = time.time() - t0
+    return {**record, "losses/forward": fwd, "losses/forward_mse": mse, "losses/translator": tl,
+            "data/source_return": data_returns[0], "data/target_return": data_returns[1],
+            "data/transitions_per_task": int(data.size.min()), "transfer_recipe": "authors", "times": times}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -732,6 +911,10 @@ PAPER_DEFAULTS: dict[str, dict] = {
 }
 # Table 1 pre-trains the source policy on DENSE rewards: the meta-training values do not apply there
 TRANSFER_MODE_DEFAULTS = dict(reward_delay=1, total_timesteps=200_000)
+# C/F and H steps on the fixed data per recipe; the authors' per round (train_transfer_action.py forward_n_update,
+# cycle_n_update)
+TRANSFER_RECIPE_DEFAULTS = {"ours": dict(transfer_model_updates=5000, transfer_translator_updates=5000),
+                            "authors": dict(transfer_model_updates=10_000, transfer_translator_updates=3000)}
 RUN_LENGTH_FLAGS = ("total_timesteps", "cuda", "capture_video", "run_dir", "save_model")  # resume may change these
 CHECKPOINT_FORMAT = 1
 SCRIPT = os.path.basename(__file__)
@@ -764,9 +947,11 @@ def resolve_args(args: Args, probe: envs.TaskEnv) -> Args:
                                                                   else {})}
     family = dict(horizon=probe.horizon, num_train_tasks=len(probe.train_tasks),
                   num_test_tasks=len(probe.test_tasks), source_task=0)
-    for key, value in {**family, **paper}.items():
+    for key, value in {**family, **paper, **TRANSFER_RECIPE_DEFAULTS[args.transfer_recipe]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.data_policy_steps is None:  # the first of train_td3.py's checkpoints that has been trained
+        args.data_policy_steps = CHECKPOINT_EVERY * (args.learning_starts // CHECKPOINT_EVERY + 1)
     if args.target_task is None:  # the task farthest from the source
         all_tasks = np.concatenate([probe.train_tasks, probe.test_tasks])
         if 0 <= args.source_task < len(all_tasks):
@@ -793,7 +978,8 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
         "context_len", "future_len", "context_dim", "model_batch_size", "model_updates", "task_feature_batch",
         "translator_batch_size", "translator_updates", "batch_size", "sil_batch_size", "policy_frequency",
         "transfer_window",
-        "eval_every", "eval_episodes", "transfer_model_updates", "transfer_translator_updates")]
+        "eval_every", "eval_episodes", "transfer_model_updates", "transfer_translator_updates", "transfer_data_steps",
+        "data_policy_steps", "transfer_rounds")]
     rules += [(k, getattr(args, k) > 0, "must be > 0") for k in (
         "model_lr", "translator_lr", "learning_rate", "contrastive_margin", "sil_adv_clip", "sil_alpha")]
     rules += [(k, getattr(args, k) >= 0, "must be >= 0") for k in (
@@ -806,7 +992,12 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
     if args.mode == "transfer":
         rules += [("source_task", 0 <= args.source_task < n_all, f"must be in [0, {n_all}) for --env {args.env}"),
                   ("target_task", 0 <= args.target_task < n_all and args.target_task != args.source_task,
-                   f"must be in [0, {n_all}) for --env {args.env} and differ from --source-task {args.source_task}")]
+                   f"must be in [0, {n_all}) for --env {args.env} and differ from --source-task {args.source_task}"),
+                  ("data_policy_steps", args.transfer_recipe == "ours" or args.data_policy_steps > args.learning_starts,
+                   f"must be > --learning-starts ({args.learning_starts}) with --transfer-recipe authors: a data "
+                   "policy that never updated is the untrained network, not a mediocre one")]
+    rules += [("transfer_recipe", args.mode == "transfer" or args.transfer_recipe == "ours",
+               "needs --mode transfer (it is the recipe of Table 1's fixed-data experiment)")]
     for name, ok, allowed in rules:
         if not ok:
             fail(f"{flag(name)} {getattr(args, name)}: {allowed}")
@@ -1096,11 +1287,17 @@ if __name__ == "__main__":
         n_iter = -(-args.total_timesteps // (n_tasks * args.horizon))
         iters_left = max(n_iter - iteration, 0)
         learn_left = max(args.total_timesteps - max(env_steps, args.learning_starts), 0)
-        progress = Progress({"collect": args.total_timesteps - env_steps, "update": learn_left * args.updates_per_step,
+        authors = not meta and args.transfer_recipe == "authors"  # Table 1 with the authors' data recipe
+        table1 = not meta and (authors or args.transfer_episodes > 0)
+        rounds = args.transfer_rounds if authors else 1
+        data_learn = 2 * authors * max(args.data_policy_steps - args.learning_starts, 0) * args.updates_per_step
+        progress = Progress({"collect": args.total_timesteps - env_steps
+                             + 2 * authors * (args.data_policy_steps + args.transfer_data_steps),
+                             "update": learn_left * args.updates_per_step + data_learn,
                              "model": (iters_left * args.model_updates if meta
-                                       else args.transfer_model_updates * (args.transfer_episodes > 0)),
+                                       else args.transfer_model_updates * rounds * table1),
                              "translator": (iters_left * args.translator_updates * (not args.no_transfer) if meta
-                                            else args.transfer_translator_updates * (args.transfer_episodes > 0)),
+                                            else args.transfer_translator_updates * rounds * table1),
                              "eval": -(-iters_left // args.eval_every) * (1 + meta) * args.eval_episodes})
         start_time, start_steps, last_eval = time.time(), env_steps, float("nan")
         status = lambda what: (f"iteration {iteration}/{n_iter} | {what} | env steps {env_steps:,}/"  # noqa: E731
@@ -1198,19 +1395,21 @@ if __name__ == "__main__":
             writer.add_scalar("charts/SPS", (env_steps - start_steps) / (time.time() - start_time), env_steps)
 
         # ========================================================== --mode transfer: Table 1 on fixed data
-        if not meta and args.transfer_episodes > 0:
+        if table1:
             t0 = time.time()
-            record = table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, args.horizon, obs_dim, act_dim,
-                                     progress)
+            record = (table1_transfer_authors(args, actor, H, rng, device, pair_envs, obs_dim, act_dim, progress)
+                      if authors else table1_transfer(args, actor, H, H_opt, rng, device, pair_envs, args.horizon,
+                                                      obs_dim, act_dim, progress))
+            times = {"time/collect": 0.0, "time/update": 0.0, "time/relabel": time.time() - t0, "time/eval": 0.0,
+                     **record.pop("times", {})}
             record = {"iteration": iteration + 1, "env_steps": env_steps,
                       "wall_time": wall_before + time.time() - start_time, **record,
                       "source_task": all_tasks[args.source_task].tolist(),
-                      "target_task": all_tasks[args.target_task].tolist(),
-                      "time/collect": 0.0, "time/update": 0.0, "time/relabel": time.time() - t0, "time/eval": 0.0}
+                      "target_task": all_tasks[args.target_task].tolist(), **times}
             with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             for k, v in record.items():
-                if k.startswith(("eval/", "losses/")):
+                if k.startswith(("eval/", "losses/", "data/")):
                     writer.add_scalar(k, v, env_steps + 1)  # after the checkpoint's step: a resume purges it
             print(f"transfer {record['source_task']} -> {record['target_task']}: source policy on target "
                   f"{record['eval/source_policy_return']:.1f}, transferred {record['eval/return']:.1f} "

@@ -1,7 +1,8 @@
 """Tests of mcat.py: Eq. 2 on hand-built pairs, the translator on a synthetic a -> -a task pair (Eq. 1 + Eq. 3),
 the buffer's episode masking, SIL (Oh et al. 2018) on hand-built batches and its prioritized sample, the authors'
-observation, the delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, both
-modes end to end, and the command line: one-line errors, checkpoints, exact resume after SIGTERM, --help."""
+observation, the delayed-reward sums, the policy-transfer rule (§3.4), a learning check of the TD3+SIL step, Table 1
+with the authors' data recipe (data sizes, which data each model trains on, H's schedule), both modes end to end,
+and the command line: one-line errors, checkpoints, exact resume after SIGTERM, --help."""
 
 import copy
 import json
@@ -290,6 +291,94 @@ def test_translator_learns_negated_actions():
     assert (translated + a).abs().mean() < 0.12, (translated + a).abs().mean()
 
 
+# ------------------------------------------------------- Table 1 with the authors' data recipe
+def test_authors_recipe_data_sizes_and_what_each_model_trains_on(monkeypatch):
+    """Each task's own data policy (trained on that task) collects exactly --transfer-data-steps there, acting
+    deterministically; C/F read only the target's data, H only the source's; H gets a fresh Adam per round at
+    3e-4 / 5e-5 / 1e-5; C/F drop to the converged step count once a round's MSE is below the threshold."""
+    torch.manual_seed(0)
+    rng, probe = np.random.default_rng(0), envs.make("cheetah-armature")
+    args = mcat.resolve_args(mcat.Args(mode="transfer", transfer_recipe="authors", horizon=25, learning_starts=50,
+                                       data_policy_steps=75, transfer_data_steps=60, transfer_rounds=16,
+                                       transfer_model_updates=2, transfer_translator_updates=1, eval_episodes=1,
+                                       batch_size=32, task_feature_batch=16, no_sil=True), probe)
+    tasks = np.concatenate([probe.train_tasks, probe.test_tasks])[[args.source_task, args.target_task]]
+    pair_envs = mcat.make_envs(args, tasks, seed=5)
+    od, ad = pair_envs[0].observation_space.shape[0], pair_envs[0].action_space.shape[0]
+    agent = mcat.make_agent(od, ad, args, "cpu")
+    phase, seen, lrs, trained_on, made = [None], [], [], [], {}
+
+    def spy(name, fn):
+        def wrapped(*a, **kw):
+            phase[0] = name
+            out = fn(*a, **kw)
+            phase[0] = None
+            made[name] = out
+            return out
+        monkeypatch.setattr(mcat, name, wrapped)
+    for name in ("collect_fixed_data", "fit_model_on_target", "fit_translator_authors"):
+        spy(name, getattr(mcat, name))
+    real_train = mcat.train_data_policy
+    data_actors = []
+    def train(env, *a):
+        trained_on.append(env.unwrapped.task[0])
+        data_actors.append(real_train(env, *a))
+        return data_actors[-1]
+    monkeypatch.setattr(mcat, "train_data_policy", train)
+    real_gather = mcat.TaskReplayBuffer.gather
+    def gather(self, tasks, idx, offsets, with_obs=True):
+        if self.n_tasks == 2:  # the fixed data (the data policies' own buffers hold one task)
+            seen.append((phase[0], set(tasks.tolist())))
+        return real_gather(self, tasks, idx, offsets, with_obs)
+    monkeypatch.setattr(mcat.TaskReplayBuffer, "gather", gather)
+    real_adam = torch.optim.Adam
+    def adam(params, lr, **kw):
+        lrs.append((phase[0], lr))
+        return real_adam(params, lr=lr, **kw)
+    monkeypatch.setattr(torch.optim, "Adam", adam)
+    monkeypatch.setattr(mcat, "AUTHORS_FORWARD_THRESHOLD", {"cheetah": float("inf")})  # converged after round 1
+    monkeypatch.setattr(mcat, "AUTHORS_CONVERGED_MODEL_UPDATES", 1)
+    steps, real_step = [], mcat.model_update_one_task
+    def model_step(model, opt, buf, task, *a):
+        steps.append(task)
+        return real_step(model, opt, buf, task, *a)
+    monkeypatch.setattr(mcat, "model_update_one_task", model_step)
+    progress = mcat.Progress({"collect": 0, "update": 0, "model": 16 * 2, "translator": 16, "eval": 0}, every=1e9)
+    record = mcat.table1_transfer_authors(args, agent["actor"], agent["H"], rng, "cpu", pair_envs, od, ad, progress)
+
+    assert trained_on == [0.1, 0.5]  # one data policy per task, each trained on its own task (source, target)
+    data, model, _ = made["collect_fixed_data"]
+    assert data.size.tolist() == [60, 60] and record["data/transitions_per_task"] == 60
+    for k in range(2):  # episodes of 25, 25 and the first 10 of a third; each window stops at its episode's end
+        assert data.t[k, :60].tolist() == list(range(25)) * 2 + list(range(10)) and data.left[k, 59] == 0
+    assert progress.measured["collect"] == 2 * 75 + 2 * 60  # data policies' TD3 steps, then the fixed data
+    with torch.no_grad():  # task k's data are task k's own data policy's actions, without noise
+        for k in range(2):
+            obs = torch.as_tensor(data.obs[k, :60])
+            own = data_actors[k](obs, torch.zeros(60, args.context_dim)).numpy()
+            assert np.allclose(data.act[k, :60], own, atol=1e-5)
+            assert not np.allclose(data.act[k, :60], data_actors[1 - k](obs, torch.zeros(60, args.context_dim)))
+    # C/F: only the target task (index 1), 2 steps in round 1, then 1 per round; one Adam for all rounds
+    assert {t for p, ts in seen if p == "fit_model_on_target" for t in ts} == {1}
+    assert steps == [1] * 17 and progress.remaining["model"] == 0
+    assert [lr for p, lr in lrs if p == "fit_model_on_target"] == [args.model_lr]
+    # H: source transitions only (the target enters through F and z_tgt), a fresh Adam per round on the schedule
+    assert {t for p, ts in seen if p == "fit_translator_authors" for t in ts} == {0}
+    assert [lr for p, lr in lrs if p == "fit_translator_authors"] == [3e-4] * 5 + [5e-5] * 10 + [1e-5]
+    assert np.isfinite(record["eval/return"]) and np.isfinite(record["data/target_return"])
+
+
+def test_transfer_recipe_defaults():
+    probe = envs.make("cheetah-armature")
+    ours = mcat.resolve_args(mcat.Args(mode="transfer"), probe)
+    authors = mcat.resolve_args(mcat.Args(mode="transfer", transfer_recipe="authors"), probe)
+    assert (ours.transfer_model_updates, ours.transfer_translator_updates) == (5000, 5000)
+    assert (authors.transfer_model_updates, authors.transfer_translator_updates) == (10_000, 3000)
+    assert (authors.transfer_data_steps, authors.transfer_rounds, authors.data_policy_steps) == (100_000, 30, 40_000)
+    early = mcat.resolve_args(mcat.Args(mode="transfer", transfer_recipe="authors", learning_starts=10_000), probe)
+    assert early.data_policy_steps == 20_000  # the first 20k-step checkpoint after the random steps
+
+
 def filled_buffer(rng, n_tasks=2, n=50, od=3, ad=2, sil_alpha=0.6):
     buf = mcat.TaskReplayBuffer(n_tasks, 4 * n, od, ad, sil_alpha=sil_alpha)
     for k in range(n_tasks):
@@ -407,6 +496,12 @@ def bad(tmp_path, kind):
     (["--no-such-flag"], ["--no-such-flag"]),
     (["--mode", "transfer", "--source-task", "2", "--target-task", "2"], ["--target-task 2", "--source-task 2"]),
     (["--mode", "transfer", "--source-task", "11"], ["--source-task 11", "[0, 11)"]),
+    (["--transfer-recipe", "authors"], ["--transfer-recipe authors", "--mode transfer"]),
+    (["--transfer-recipe", "theirs"], ["'theirs'", "--transfer-recipe"]),
+    (["--mode", "transfer", "--transfer-recipe", "authors", "--data-policy-steps", "20000"],
+     ["--data-policy-steps 20000", "--learning-starts (25000)"]),
+    (["--mode", "transfer", "--transfer-rounds", "0"], ["--transfer-rounds 0"]),
+    (["--mode", "transfer", "--transfer-data-steps", "0"], ["--transfer-data-steps 0"]),
 ])
 def test_bad_input_is_a_one_line_error(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -506,3 +601,17 @@ def test_transfer_mode_end_to_end(tmp_path):
     assert last["source_task"] == [0.1] and last["target_task"] == [0.5]  # the paper's Table 1 pair
     assert np.isfinite(last["eval/return"]) and np.isfinite(last["eval/source_policy_return"])
     assert mcat.load_checkpoint(d)["args"]["mode"] == "transfer"
+
+
+def test_transfer_mode_with_the_authors_recipe_end_to_end(tmp_path):
+    d = str(tmp_path / "authors")
+    r = run("--mode", "transfer", "--transfer-recipe", "authors", "--horizon", "25", "--learning-starts", "50",
+            "--updates-per-step", "0.2", "--batch-size", "32", "--task-feature-batch", "16", "--total-timesteps", "100",
+            "--data-policy-steps", "75", "--transfer-data-steps", "60", "--transfer-rounds", "2",
+            "--transfer-model-updates", "3", "--transfer-translator-updates", "3", "--eval-episodes", "1", "--no-sil",
+            "--run-dir", d)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = rows(d)[-1]
+    assert last["transfer_recipe"] == "authors" and last["data/transitions_per_task"] == 60
+    assert np.isfinite(last["eval/return"]) and np.isfinite(last["eval/source_policy_return"])
+    assert len(rows(d)) == 5  # the source policy's 4 evaluations (100 steps of 25), then the transfer row

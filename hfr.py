@@ -36,6 +36,7 @@ The headline run (Sawyer push, Fig. 6; `--help` says what it costs):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import io
 import json
@@ -78,6 +79,8 @@ class Args:
     """outer iterations (collect, train, evaluate); the run length, as in the authors' configs"""
     bf16: bool = False
     """run the networks' hidden layers under bfloat16 autocast (value heads, targets and losses stay float32)"""
+    matmul: Literal["auto", "default", "onednn"] = "auto"
+    """fp32 products on the CPU: torch's path (MKL), oneDNN, or auto: the faster here, measured at start"""
     resume: Optional[str] = None
     """continue from this checkpoint.pt (or a run directory containing one), with the hyperparameters stored in it"""
     run_dir: Optional[str] = None
@@ -189,7 +192,7 @@ def mlp(sizes: list[int], last_init: float) -> nn.Sequential:
     the fan-out, kept as the authors ran it) and biases 0.1; last layer U(+-last_init) for weight and bias."""
     layers = []
     for i in range(len(sizes) - 1):
-        lin = nn.Linear(sizes[i], sizes[i + 1])
+        lin = Linear(sizes[i], sizes[i + 1])  # nn.Linear (the speed section picks its fp32 kernel)
         if i < len(sizes) - 2:
             nn.init.uniform_(lin.weight, -1 / np.sqrt(lin.weight.shape[0]), 1 / np.sqrt(lin.weight.shape[0]))
             nn.init.constant_(lin.bias, 0.1)
@@ -740,6 +743,106 @@ def meta_test(env, agent, tasks, args, ctx_dim, device, after_task: Callable[[],
             "online_returns": np.mean([o[:k] for o in online], 0).round(4).tolist()}
 
 
+# ---------------------------------------------------------------------------------------------- speed
+# Speed only, nothing a reader of the algorithm needs, and nothing that changes a result beyond fp32 rounding: which
+# library multiplies the fp32 matrices on the CPU, and malloc keeping freed memory. torch's own fp32 path is its
+# BLAS (MKL in the x86 wheels), which on AMD EPYC runs these layer shapes at about half the rate of oneDNN, also
+# shipped in torch (benchmarks/speed.md). --matmul auto measures both at start and keeps the faster; the run's args
+# (and so its checkpoint) record the choice.
+ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # x @ w.T + b; x 2-D (copied if transposed)
+matmul = "default"  # the kernel of Linear's fp32 CPU products, set once at start by speed_setup
+matmul_rates: dict[str, float] = {}  # GFLOP/s per kernel, measured by fastest_matmul
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose fp32 CPU products of 32 rows or more run on oneDNN under --matmul onednn; single rows
+    (acting) and 1-wide heads stay on torch's path, whose per-call overhead is lower. A 3-D input is multiplied as
+    2-D rows and the result reshaped back as torch's matmul does it, not as a view (torch's linear returns one for
+    a contiguous 3-D input), which would turn the in-place ReLU after it into copies of the activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, x = x.shape, x.reshape(-1, x.shape[-1])
+        if (matmul == "onednn" and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+                and self.out_features > 1 and len(x) >= 32 and not torch.is_autocast_enabled("cpu")):
+            y = OneDNNLinear.apply(x, self.weight, self.bias)
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        return y if len(shape) == 2 else torch.ops.aten._unsafe_view(y, (*shape[:-1], self.out_features))
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """x @ w.T + b for 2-D x, forward and backward on oneDNN, except the input gradient through fewer than 16
+    outputs (there torch's path is faster). oneDNN copies a transposed first operand, so the weight gradient
+    transposes the smaller of x and the output gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ONEDNN_LINEAR(g, weight.t(), None, "none", [], "") if weight.shape[0] >= 16 else g @ weight
+        if ctx.needs_input_grad[1]:
+            if weight.shape[0] < weight.shape[1]:
+                grad_w = ONEDNN_LINEAR(g.t(), x.t(), None, "none", [], "")
+            else:
+                grad_w = ONEDNN_LINEAR(x.t(), g.t(), None, "none", [], "").t()
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def fastest_matmul(width: int, rows: int = 1024, rounds: int = 3) -> str:
+    """'onednn' if a Linear (rows x width -> width) forward and backward runs at least 1.1x as fast on oneDNN as on
+    torch's path here (CPU time, best of `rounds` after a warm-up, interleaved), else 'default'. The run's seeded
+    random streams are untouched."""
+    global matmul
+    if ONEDNN_LINEAR is None or not torch.backends.mkldnn.is_available():
+        return "default"
+    g, before = torch.Generator().manual_seed(0), matmul
+    with torch.random.fork_rng(devices=[]):
+        layer = Linear(width, width)
+    x, d = torch.randn(rows, width, generator=g, requires_grad=True), torch.randn(rows, width, generator=g)
+    seconds = {"default": [], "onednn": []}
+    for kernel in ("default", "onednn") * (rounds + 1):
+        matmul = kernel
+        t0 = time.process_time()
+        torch.autograd.grad(layer(x), (x, *layer.parameters()), d)
+        seconds[kernel].append(time.process_time() - t0)
+    matmul = before
+    matmul_rates.update({k: 6 * rows * width**2 / max(min(t[1:]), 1e-9) / 1e9 for k, t in seconds.items()})
+    return "onednn" if matmul_rates["onednn"] >= 1.1 * matmul_rates["default"] else "default"
+
+
+def keep_freed_memory() -> bool:
+    """glibc's malloc hands freed blocks of 128 KB and more back to the kernel, so every gradient step faults its
+    activations in again, page by page (thousands of page faults a step, up to ~15 % of a bf16 step on AMD EPYC).
+    Keep them: blocks up to 32 MB (glibc's largest setting) come from the heap, which is not trimmed. Peak memory is
+    what a step needs either way. False where the C library has no mallopt."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(-3, 32 * 2**20) and libc.mallopt(-1, 2**31 - 1))  # M_MMAP_ and M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def speed_setup(kernel: str, width: int) -> str:
+    """This run's speed settings: the kernel of Linear's fp32 CPU products, and malloc keeping freed memory.
+    Returns the log line that says which and why."""
+    global matmul
+    matmul = kernel
+    why = (f"measured at start, forward + backward at 1024 x {width} x {width}, {torch.get_num_threads()} thread(s): "
+           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in matmul_rates.items()) if matmul_rates
+           else "as --matmul or the resumed run's args give it")
+    kept = "kept" if keep_freed_memory() else "returned to the kernel (no mallopt here)"
+    return f"fp32 matmul on the CPU: {kernel} ({why}); memory freed between steps: {kept}"
+
+
 # ---------------------------------------------------------------------------------------------- plumbing
 # The authors' configs (reference: oyster configs/default.py + configs/*.json; HFR configs/*.json for the
 # families HFR added). Keys left out take DEFAULTS. Envs not listed get DEFAULTS with 3 trajectories per eval run.
@@ -763,6 +866,8 @@ PAPER_DEFAULTS = {
                                num_steps_posterior=900, num_extra_rl_steps_posterior=0, num_train_steps_per_itr=1000,
                                embedding_batch_size=1024, discount=0.9, reward_scale=100.0, kl_lambda=1.0,
                                num_exp_traj_eval=5, num_steps_per_eval=400, critic_dense_reward=True),
+    "humanoid-dir": dict(num_extra_rl_steps_posterior=600, num_train_steps_per_itr=4000, num_evals=1,
+                         num_exp_traj_eval=2, embedding_batch_size=256),
     # HFR (michaelwan11/hfr), PEARL's defaults underneath. four-corners: a meta-batch of 8 drawn (with
     # replacement, as every meta-batch here) from its 4 tasks, 256 transitions each, as the authors' config
     "four-corners": dict(_HFR, num_iterations=300, meta_batch=8, num_initial_steps=200,
@@ -785,13 +890,13 @@ PAPER_DEFAULTS = {
 
 
 # --help's cost line: (seconds per paper-size iteration, seconds of the initial pool) on one core of the project's
-# 2-core AMD EPYC (Zen 5), from `python benchmarks/speed.py cost SCRIPT --env ENV` (benchmarks/speed.md), per
-# script and env; and a reduced run per script and env where one is proposed
-PAPER_COST = {("pearl.py", "sparse-point-robot"): (496, 1), ("pearl.py", "cheetah-vel"): (748, 29),
-              ("hfr.py", "sawyer-push"): (329, 28), ("hfr.py", "four-corners"): (286, 1)}
+# 2-core AMD EPYC (Zen 5), fp32 on oneDNN, from `python benchmarks/speed.py cost SCRIPT --env ENV`
+# (benchmarks/speed.md), per script and env; and a reduced run per script and env where one is proposed
+PAPER_COST = {("pearl.py", "sparse-point-robot"): (272, 2), ("pearl.py", "cheetah-vel"): (586, 35),
+              ("hfr.py", "sawyer-push"): (243, 17), ("hfr.py", "four-corners"): (174, 0)}
 REDUCED = {("hfr.py", "sawyer-push"): "python hfr.py --env sawyer-push --net-size 128 --meta-batch 8 --num-iterations "
                                       "50 --eval-interval 5 (the paper's iteration, 10 tasks x 1000 env steps and 1000 "
-                                      "gradient steps, at width 128 on 8 tasks per step: ~45 min on one core of that "
+                                      "gradient steps, at width 128 on 8 tasks per step: ~37 min on one core of that "
                                       "CPU for 0.6 M env steps; that it shows learning is not yet verified)"}
 
 
@@ -867,6 +972,7 @@ def check_args(args: Args) -> tuple[Args, envs.TaskEnv, envs.TaskEnv]:
          "run has a trajectory with z from the posterior")
     need(not args.critic_dense_reward or hasattr(env, "evaluate_dense"), "critic_dense_reward",
          f"needs a family with a dense reward; {args.env} has none")
+    need(args.matmul != "onednn" or ONEDNN_LINEAR is not None, "matmul", "this torch has no oneDNN")
     need(args.utility_batch_size >= 1, "utility_batch_size", "must be >= 1")
     need(args.log_partition_samples >= 1, "log_partition_samples", "must be >= 1")
     need(0 < args.epsilon < float("inf"), "epsilon", "must be > 0 and finite")
@@ -992,7 +1098,8 @@ def resumed_args(given: Args, ckpt: dict, path: str, argv: list[str]) -> Args:
     """The checkpoint's (resolved) arguments. A typed flag that differs: --env is an error, RUN_FLAGS take the typed
     value, any other keeps the checkpoint's; each difference is one warning line. The run continues in the
     checkpoint's directory unless --run-dir is typed."""
-    args, names = Args(**ckpt["args"]), {f.name for f in dataclasses.fields(Args)}
+    args = Args(**{"matmul": "default", **ckpt["args"]})  # a checkpoint older than --matmul ran torch's path
+    names = {f.name for f in dataclasses.fields(Args)}
     typed = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     typed = {n[3:] if n.startswith("no_") and n[3:] in names else n for n in typed} & names - {"resume"}
     if "env" in typed and given.env != args.env:
@@ -1033,6 +1140,9 @@ def parse_command_line(argv: list[str]) -> tuple[Args, envs.TaskEnv, envs.TaskEn
         path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
         args = resumed_args(args, checkpoint, path, argv)
     args, env, eval_env = check_args(args)
+    if args.matmul == "auto":  # measured once, here: a resumed run keeps the kernel its checkpoint's args name
+        cuda = args.cuda and torch.cuda.is_available()
+        args = dataclasses.replace(args, matmul="default" if cuda else fastest_matmul(args.net_size))
     if args.run_dir is None:
         args = dataclasses.replace(args, run_dir=f"runs/{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}")
     return args, env, eval_env, checkpoint
@@ -1081,6 +1191,8 @@ if __name__ == "__main__":
         env.reset(seed=args.seed)
         eval_env.reset(seed=args.seed + 10_000)
         device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+        if device.type == "cpu":
+            print(speed_setup(args.matmul, args.net_size), flush=True)
 
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)

@@ -355,6 +355,8 @@ BAD = [
     (["--env", "sparse-point-robot", "--learned-reward"], "--learned-reward"),  # its critic is on the dense reward
     (["--env", "cheetah-armature"], "--env cheetah-armature: its tasks vary dynamics"),
     (["--seed", "-1"], "--seed -1"),
+    (["--matmul", "mkl"], "--matmul"),
+    (["--env", "walker-rand-params"], "--env walker-rand-params: its tasks vary dynamics"),
 ]
 
 
@@ -391,3 +393,32 @@ def test_learns_on_point_robot(tmp_path):
     before = hfr.meta_test(eval_env, agent, env.test_tasks, args, 5, torch.device("cpu"))["return"]
     after = read_jsonl(os.path.join(d, "eval.jsonl"))[-1]["eval/return"]
     assert after > before + 2.5, (before, after)  # untrained: about -20.6 (standing still); trained: about -16
+
+
+# ------------------------------------------------------------------------------------ speed section: pearl.py's
+def test_the_speed_section_is_pearls_word_for_word():
+    def section(name):
+        with open(os.path.join(ROOT, name)) as f:
+            text = f.read()
+        start = text.index("# " + "-" * 94 + " speed\n")
+        return text[start:text.index("# " + "-" * 94 + " plumbing", start)]
+
+    assert section("hfr.py") == section("pearl.py")
+
+
+def test_linear_on_onednn_matches_torchs_path(monkeypatch):
+    torch.manual_seed(0)
+    layer, x = hfr.Linear(20, 64), torch.randn(2, 32, 20, requires_grad=True)
+    out = {}
+    for kernel in ("default", "onednn"):
+        monkeypatch.setattr(hfr, "matmul", kernel)
+        y = torch.relu_(layer(x))
+        out[kernel] = (y.detach(), *torch.autograd.grad(y.square().sum(), (x, *layer.parameters())))
+    for a, b in zip(out["default"], out["onednn"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_humanoid_dir_takes_the_pearl_authors_config():
+    args = hfr.resolve_args(hfr.Args(env="humanoid-dir"), envs.make("humanoid-dir"))
+    assert (args.num_train_steps_per_itr, args.num_evals, args.num_exp_traj_eval, args.embedding_batch_size,
+            args.num_extra_rl_steps_posterior, args.meta_batch, args.num_train_tasks) == (4000, 1, 2, 256, 600, 16, 100)

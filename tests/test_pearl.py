@@ -4,6 +4,7 @@ end-to-end runs (exact resume, determinism, a learning run)."""
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -303,6 +304,82 @@ def test_reward_delay_stores_what_the_delayed_env_paid():
         assert (buf.data[0][:60, obs_dim + act_dim].nonzero()[0] % 30 == [6, 13, 20, 27, 29] * 2).all()
 
 
+# ------------------------------------------------------------------------------------ speed: the fp32 matmul kernel
+@pytest.mark.parametrize("shape, n_out", [((64, 20), 300), ((4, 16, 20), 8), ((64, 300), 1), ((8, 20), 30)])
+def test_linear_on_onednn_matches_torchs_path_forward_and_backward(shape, n_out, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pearl, "ONEDNN_LINEAR", lambda *a: calls.append(1) or torch.ops.mkldnn._linear_pointwise(*a))
+    torch.manual_seed(0)
+    layer = pearl.Linear(shape[-1], n_out)
+    x, d = torch.randn(shape, requires_grad=True), torch.randn(*shape[:-1], n_out)
+    out = {}
+    for kernel in ("default", "onednn"):
+        monkeypatch.setattr(pearl, "matmul", kernel)
+        y = torch.relu_(layer(x))  # in place, as the networks' ReLU after every hidden layer
+        out[kernel] = (y.detach(), *torch.autograd.grad(y, (x, *layer.parameters()), d))
+    for a, b in zip(out["default"], out["onednn"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert bool(calls) == (math.prod(shape[:-1]) >= 32 and n_out > 1)  # one row or a 1-wide head: torch's path
+
+
+def test_a_gradient_step_on_onednn_gives_torchs_losses_and_weights(monkeypatch):
+    env = envs.make("point-robot")
+    args = tiny_args(env, meta_batch=4, batch_size=16, embedding_batch_size=16, net_size=32, encoder_size=32)
+    g = torch.Generator().manual_seed(0)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    batch = torch.randn(4, 16, 2 * obs_dim + act_dim + 2, generator=g)
+    batch[..., -1] = 0.0
+    context = torch.randn(4, 16, obs_dim + act_dim + 1, generator=g)
+    result = {}
+    for kernel in ("default", "onednn"):
+        monkeypatch.setattr(pearl, "matmul", kernel)
+        agent, *_ = tiny_agent(env, args)
+        optims = pearl.make_optimizers(agent, args.learning_rate)
+        torch.manual_seed(1)
+        losses = [pearl.gradient_step(agent, optims, batch, context, args, obs_dim, act_dim) for _ in range(2)]
+        result[kernel] = ({k: float(v) for step in losses for k, v in step.items()}, agent.state_dict())
+    (loss_a, state_a), (loss_b, state_b) = result["default"], result["onednn"]
+    assert loss_b == pytest.approx(loss_a, rel=1e-4, abs=1e-6)
+    for k in state_a:
+        torch.testing.assert_close(state_b[k], state_a[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("env_name, expected", [
+    ("hopper-rand-params", dict(meta_batch=10, num_train_steps_per_itr=4000, num_extra_rl_steps_posterior=600,
+                                embedding_batch_size=100, num_exp_traj_eval=2, num_evals=2, num_train_tasks=40,
+                                use_next_obs_in_context=True, reward_scale=5.0)),
+    ("walker-rand-params", dict(meta_batch=10, num_train_steps_per_itr=4000, embedding_batch_size=100,
+                                num_train_tasks=40, use_next_obs_in_context=True)),
+    ("humanoid-dir", dict(meta_batch=16, num_train_steps_per_itr=4000, num_extra_rl_steps_posterior=600,
+                          embedding_batch_size=256, num_exp_traj_eval=2, num_evals=1, num_train_tasks=100,
+                          use_next_obs_in_context=False)),
+])
+def test_new_families_take_the_authors_configs(env_name, expected):  # oyster configs/*.json
+    args = pearl.resolve_args(pearl.Args(env=env_name), envs.make(env_name))
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_matmul_auto_is_measured_once_and_recorded_in_the_args():
+    args, *_ = pearl.parse_command_line(["--env", "point-robot", "--net-size", "16", "--no-cuda"])
+    assert args.matmul in ("default", "onednn") and set(pearl.matmul_rates) == {"default", "onednn"}
+    args, *_ = pearl.parse_command_line(["--env", "point-robot", "--matmul", "onednn"])
+    assert args.matmul == "onednn"
+    assert pearl.keep_freed_memory()  # glibc: mallopt is there
+
+
+def test_a_tiny_run_on_onednn_logs_what_torchs_path_logs(tmp_path):
+    flags = [*TINY, "--meta-batch", "2", "--batch-size", "16", "--embedding-batch-size", "16", "--num-iterations", "1"]
+    rows, out = {}, {}
+    for kernel in ("default", "onednn"):  # 2 tasks x 16 rows, nets 16: products that Linear sends to oneDNN
+        out[kernel] = run(*flags, "--matmul", kernel, "--run-dir", str(tmp_path / kernel)).stdout
+        rows[kernel] = [comparable(r) for r in evals(str(tmp_path / kernel))]
+    assert "fp32 matmul on the CPU: onednn (as --matmul" in out["onednn"]
+    for a, b in zip(rows["default"], rows["onednn"]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+
+
 # ------------------------------------------------------------------------------------ the command line
 BAD = [  # (argv, the flag the one-line error names)
     (["--seed", "-1"], "--seed -1"),
@@ -328,6 +405,7 @@ BAD = [  # (argv, the flag the one-line error names)
     (["--reward-delay", "0"], "--reward-delay"),
     (["--replay-buffer-size", "0"], "--replay-buffer-size"),
     (["--resume", "/nonexistent/checkpoint.pt"], "--resume"),
+    (["--matmul", "mkl"], "--matmul"),
 ]
 
 
@@ -430,6 +508,15 @@ def test_resume_warns_per_differing_flag_and_refuses_other_runs(finished, tmp_pa
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
 
 
+def test_a_checkpoint_from_before_matmul_resumes_on_torchs_path(finished, tmp_path):
+    ckpt = torch.load(os.path.join(finished, "checkpoint.pt"), weights_only=False)
+    assert ckpt["args"]["matmul"] in ("default", "onednn")  # auto is resolved before the run starts
+    del ckpt["args"]["matmul"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    args, *_ = pearl.parse_command_line(["--resume", str(tmp_path / "old.pt")])
+    assert args.matmul == "default"  # the kernel that run used, so it continues exactly
+
+
 def test_end_to_end_logs_and_checkpoint(finished):
     rows = evals(finished)
     assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[1]["env_steps"] > rows[0]["env_steps"]
@@ -452,7 +539,8 @@ def test_end_to_end_sparse_bf16_video_deterministic_encoder(tmp_path):
     assert e["losses/kl_loss"] == 0.0 and np.isfinite(e["losses/qf_loss"])
     assert os.path.getsize(os.path.join(d, "videos", "iteration_1.gif")) > 0
     lines = p.stdout.strip().splitlines()
-    assert lines[1].startswith("[0:00:") and "iteration 1/1 | starting" in lines[1]  # the first progress line
+    assert lines[1].startswith("fp32 matmul on the CPU: ")  # the kernel, and why
+    assert lines[2].startswith("[0:00:") and "iteration 1/1 | starting" in lines[2]  # the first progress line
     assert lines[-1] == f"done: eval.jsonl and TensorBoard logs in {d}, checkpoint {d}/checkpoint.pt"
     saved = json.load(open(os.path.join(d, "args.json")))
     assert saved["critic_dense_reward"] is True and saved["bf16"] is True and saved["embedding_batch_size"] == 8

@@ -1,23 +1,31 @@
 """Where the time goes: seconds per iteration split into collect / update / relabel / eval, for any script and env;
-and, for PEARL-based scripts, the cost of one gradient step at paper size in fp32 and bf16.
+for PEARL-based scripts, the cost of one gradient step at paper size, per fp32 kernel and in bf16; and the authors'
+PEARL beside pearl.py.
 
     # per-iteration split: run each script for at most --seconds (then Ctrl-C, which the scripts handle), read the
     # time/* keys of its eval.jsonl, print a table and save benchmarks/results/speed_<env>.json
     python benchmarks/speed.py iteration pearl.py --env sparse-point-robot --seconds 120 \\
         --flags "--num-train-steps-per-itr 200 --eval-interval 1"
 
-    # one gradient step at paper size (16 tasks x 256, context 100, nets 300, obs 20, act 6), fp32 vs --bf16,
-    # median of --steps steps, repeated --repeats times (the spread shows how busy the machine was); also the
-    # step's matmul FLOPs (torch's FlopCounterMode), this machine's matmul rate at the layer shape, measured
-    # between the repeats, and the step time as a multiple of FLOPs / rate (the floor); and the step's own matmuls
-    # (recorded by shape, forward and backward) replayed alone: the time an eager step running them cannot go below
-    python benchmarks/speed.py grad-step --threads 2
+    # one gradient step at paper size (16 tasks x 256, context 100, nets 300, obs 20, act 6): fp32 on torch's own
+    # path (MKL), fp32 on oneDNN (the scripts' --matmul onednn) and --bf16, median of --steps steps, repeated
+    # --repeats times and interleaved (the spread shows how busy the machine was). For each: the step's own matrix
+    # products, recorded forward and backward with their kernels and operand layouts, and replayed alone (what a
+    # step running them cannot go below), their FLOPs and rate; GFLOP/s per kernel at each layer shape of the step;
+    # which kernel --matmul auto picks here; the process's RSS. --cuda: the same on the GPU (fp32 and bf16)
+    python benchmarks/speed.py grad-step --threads 1 --clock cpu
+    python benchmarks/speed.py grad-step --threads 1 --clock cpu --obs-dim 2 --act-dim 2 --context 1024  # point robot
 
     # what a paper-size run of a script costs on this machine, and its peak RSS: a 2-iteration run of the paper
     # config for --env with --steps of the gradient steps per iteration (and, if given, fewer initial steps per task
     # and meta-test runs), then measured seconds per env step / gradient step / meta-test run x the paper's counts;
     # CPU time (user + system) of the run as well as wall time, since this machine is shared
     python benchmarks/speed.py cost hfr.py --env sawyer-push --steps 10 --evals 1 --threads 1
+
+    # the authors' PEARL (benchmarks/oyster_reference.py) beside pearl.py fp32 and --bf16 at the paper config: a
+    # 2-iteration run of each with --steps gradient steps per iteration, one thread, rotating order per round;
+    # seconds per gradient step and per paper-size iteration in CPU time, and peak RSS
+    python benchmarks/speed.py versus --oyster ../oyster --env sparse-point-robot --steps 100 --rounds 1 --append
 
 All modes keep the machine's other work in mind: they report ranges or CPU time, not a single best number, and
 results/*.json record the CPU model, the date and the load average. benchmarks/speed.md collects the measurements.
@@ -64,11 +72,22 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, huge / 1024
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (Linux /proc), e.g. the authors' code under its launcher."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError), open(f"/proc/{pids[i]}/task/{pids[i]}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+        i += 1
+    return pids
+
+
 def run_measured(cmd: list[str], threads: int, log_path: str, seconds: float | None = None) -> dict:
     """Run cmd with `threads` OpenMP threads (stopped with SIGINT after `seconds`, if given): its exit code, wall
-    time, CPU time (user + system) and peak resident memory, from the kernel's accounting of this very child; and,
-    sampled every 0.2 s, its median resident memory and its largest amount of transparent huge pages (the peak
-    alone moves by ~100 MB between identical runs: short transients set it)."""
+    time, CPU time (user + system) and peak resident memory, from the kernel's accounting of this child and the
+    children it waited for; and, sampled every 0.2 s, the median resident memory and the largest amount of
+    transparent huge pages of its largest process (the peak alone moves by ~100 MB between identical runs: short
+    transients set it)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
     t0, samples = time.time(), []
     with open(log_path, "w") as log:
@@ -78,8 +97,12 @@ def run_measured(cmd: list[str], threads: int, log_path: str, seconds: float | N
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            with contextlib.suppress(OSError, StopIteration):
-                samples.append(memory_mb(proc.pid))
+            sizes = []
+            for p in process_tree(proc.pid):
+                with contextlib.suppress(OSError, StopIteration):
+                    sizes.append(memory_mb(p))
+            if sizes:
+                samples.append(max(sizes))
             if time.time() > stop_at and signals:  # the scripts stop cleanly on SIGINT: finished iterations are
                 proc.send_signal(signals.pop(0))  # in eval.jsonl; SIGKILL 30 s later if it did not
                 stop_at += 30
@@ -183,6 +206,99 @@ def price(paper, one: dict, two: dict, steps: int, evals: int) -> dict:
             "eval_per_iteration": two["time/eval"] / evals * paper.num_evals}
 
 
+def oyster_phases(out_dir: str) -> list[dict]:
+    """Per iteration of an authors' run (benchmarks/oyster_reference.py run --out out_dir), from their
+    progress.csv: collection, gradient steps and meta-test wall seconds (their 'Sample Time', 'Train Time', and the
+    next row's '(Previous) Eval Time', i.e. the meta-test of this iteration: the last iteration's is not logged, the
+    one before it stands in) and the env steps."""
+    import csv
+    import glob
+
+    logs = glob.glob(os.path.join(out_dir, "*", "*", "progress.csv"))
+    if len(logs) != 1:
+        raise SystemExit(f"error: {out_dir}: expected one <env>/<time>/progress.csv, found {len(logs)}")
+    with open(logs[0]) as f:
+        rows = list(csv.DictReader(f))
+    evals = [float(r["(Previous) Eval Time (s)"]) for r in rows[1:]]
+    return [{"collect": float(r["Sample Time (s)"]), "update": float(r["Train Time (s)"]),
+             "eval": evals[min(i, len(evals) - 1)] if evals else float("nan"),
+             "env_steps": int(float(r["Number of env steps total"]))} for i, r in enumerate(rows)]
+
+
+def script_phases(run_dir: str) -> list[dict]:
+    """The same per iteration of a pearl.py / hfr.py run, from its eval.jsonl (time/collect, time/update, time/eval)."""
+    with open(os.path.join(run_dir, "eval.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{"collect": r["time/collect"], "update": r["time/update"], "eval": r["time/eval"],
+             "env_steps": r["env_steps"]} for r in rows]
+
+
+def versus(args) -> dict:
+    """The authors' PEARL beside pearl.py in fp32 and with --bf16, at the paper config of --env: each a 2-iteration
+    run with --steps gradient steps per iteration, one thread, run one after the other in a rotating order for
+    --rounds rounds. Per run: CPU and wall time and peak RSS of the process (the kernel's accounting, which includes
+    the authors' code run as a child of their launcher), and iteration 2's phases from each code's own log, turned
+    from wall into CPU seconds by the run's CPU share; from them seconds per gradient step and per paper-size
+    iteration (iteration 2's collection and meta-test + the paper's gradient steps per iteration)."""
+    m = load_script(args.script)
+    import envs
+
+    paper = m.resolve_args(m.Args(env=args.env), envs.make(args.env))
+    base = os.path.join(ROOT, "benchmarks", "runs", "speed", f"versus__{args.env}")
+    variants = {"authors": None, "fp32": [], "bf16": ["--bf16"]}
+    runs = {v: [] for v in variants}
+    if args.append and os.path.exists(args.out_json):
+        with open(args.out_json) as f:
+            runs = json.load(f)["runs"]
+    order, done = list(variants), max(len(rs) for rs in runs.values())
+    for r in range(done, done + args.rounds):
+        for v in order[r % 3:] + order[:r % 3]:  # rotating, so a busy spell does not always hit the same code
+            d = os.path.join(base, f"{v}__{time.strftime('%H%M%S')}")
+            if v == "authors":
+                cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "oyster_reference.py"), "run", "--oyster",
+                       args.oyster, "--env", args.env, "--seed", "1", "--out", d, "num_iterations=2",
+                       f"num_train_steps_per_itr={args.steps}"]
+            else:
+                cmd = [sys.executable, os.path.join(ROOT, args.script), "--env", args.env, "--num-iterations", "2",
+                       "--num-train-steps-per-itr", str(args.steps), "--seed", "1", *variants[v], "--run-dir", d]
+            os.makedirs(d, exist_ok=True)
+            print(f"$ {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+            usage = run_measured(cmd, 1, os.path.join(d, "run.log"))
+            if usage["rc"] != 0:
+                raise SystemExit(f"error: {v} exited with {usage['rc']}; see {d}/run.log")
+            phases = oyster_phases(d) if v == "authors" else script_phases(d)
+            share = usage["cpu_s"] / usage["wall_s"]
+            two = {k: phases[1][k] * share for k in ("collect", "update", "eval")}
+            run = {**usage, "cpu_share": round(share, 3), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                   "iterations_wall": phases, "s_per_step": two["update"] / args.steps,
+                   "s_per_iteration": (two["collect"] + two["eval"]
+                                       + paper.num_train_steps_per_itr * two["update"] / args.steps),
+                   "collect_s": two["collect"], "eval_s": two["eval"]}
+            runs[v].append(run)
+            print(f"  {v}: {run['s_per_step']:.3f} s per gradient step, {run['s_per_iteration']:.0f} s per paper "
+                  f"iteration (collect {two['collect']:.1f} s, eval {two['eval']:.1f} s, CPU share {share:.2f}); peak "
+                  f"RSS {usage['peak_rss_mb']:.0f} MB", flush=True)
+    summary = {}
+    for v, rs in runs.items():
+        if rs:
+            summary[v] = {k: round(float(np.median([r[k] for r in rs])), 3)
+                          for k in ("s_per_step", "s_per_iteration", "collect_s", "eval_s", "peak_rss_mb")}
+            summary[v]["runs"] = len(rs)
+    print(f"  medians over rounds ({args.env}, paper iteration = collection + {paper.num_train_steps_per_itr} "
+          f"gradient steps + meta-test; CPU seconds, one thread):")
+    print("    " + f"{'':>8} {'s/step':>8} {'s/iter':>8} {'collect':>8} {'eval':>8} {'peak RSS':>9} {'step x':>7} "
+          f"{'iter x':>7}")
+    for v, row in summary.items():
+        a = summary.get("authors")
+        fx = (f"{a['s_per_step'] / row['s_per_step']:7.2f} {a['s_per_iteration'] / row['s_per_iteration']:7.2f}"
+              if a else "")
+        print("    " + f"{v:>8} {row['s_per_step']:8.3f} {row['s_per_iteration']:8.1f} {row['collect_s']:8.1f} "
+              f"{row['eval_s']:8.1f} {row['peak_rss_mb']:7.0f} MB {fx}")
+    return {"env": args.env, "steps_per_iteration_measured": args.steps, "script": args.script,
+            "paper_steps_per_iteration": paper.num_train_steps_per_itr, "oyster": args.oyster, "runs": runs,
+            "median": summary}
+
+
 def load_script(path: str):
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
@@ -200,7 +316,7 @@ def naive_gradient_step(m, agent, optims, batch, context, a, obs_dim, act_dim):
 
     o, b = obs_dim, obs_dim + act_dim
     obs, act, rew, nobs, done = batch[..., :o], batch[..., o:b], batch[..., b:b + 1], batch[..., b + 1:b + 1 + o], batch[..., -1:]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
+    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=a.bf16)
     with autocast:
         mu, var = agent.encoder(context)
         z = m.sample_z(mu, var)[:, None].expand(-1, obs.shape[1], -1)
@@ -225,9 +341,86 @@ def naive_gradient_step(m, agent, optims, batch, context, a, obs_dim, act_dim):
     optims["policy"].step()
 
 
+def product_ops(torch) -> dict:
+    """The matrix products a step can run, each with (positions of its two factors, whether the second is given
+    transposed): torch's aten products (forward and backward of its Linear) and oneDNN's linear (x @ w.T + b)."""
+    aten = torch.ops.aten
+    ops = {aten.mm.default: (0, 1, False), aten.bmm.default: (0, 1, False), aten.addmm.default: (1, 2, False),
+           aten.baddbmm.default: (1, 2, False)}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        ops[torch.ops.mkldnn._linear_pointwise.default] = (0, 1, True)
+    return ops
+
+
+def product_flops(record: tuple) -> int:
+    """2 x M x K x N (x batch) of one recorded product."""
+    func, spec, (i, j, transposed) = record
+    a, b = spec[i][1], spec[j][1]
+    n = b[-2] if transposed else b[-1]
+    batch = a[0] if len(a) == 3 and len(b) == 3 else 1
+    rows = int(np.prod(a[:-1])) // batch
+    return 2 * batch * rows * a[-1] * n
+
+
+def step_matmuls(torch, step) -> list[tuple]:
+    """Every matrix product one call of `step()` runs, forward and backward, as (op, its arguments, factor
+    positions): tensors described by (shape, strides, dtype), everything else as given. Recorded below autograd
+    and autocast by a TorchDispatchMode, so they are the kernels the step really calls (torch's BLAS path or
+    oneDNN, fp32 or bf16, transposed operands included); `matmuls_ms` replays them alone."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops, found = product_ops(torch), []
+
+    def describe(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        return "tensor", tuple(x.shape), tuple(x.stride()), x.dtype, x.device.type
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ops:
+                found.append((func, tuple(describe(x) for x in args), ops[func]))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        step()
+    return found
+
+
+def replay_args(torch, spec: tuple, g) -> list:
+    """Random tensors with the recorded shapes, strides and dtypes (transposed views stay transposed)."""
+    out = []
+    for x in spec:
+        if isinstance(x, tuple) and x and x[0] == "tensor":
+            _, shape, stride, dtype, device = x
+            size = 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+            base = torch.randn(size, generator=g).to(device=device, dtype=dtype)
+            out.append(base.as_strided(shape, stride))
+        else:
+            out.append(x)
+    return out
+
+
+def matmuls_ms(torch, products: list[tuple], clock, reps: int = 10) -> float:
+    """Median time of running just `products` back to back, each with its recorded kernel, operand layouts and
+    dtype, on random operands: the step's matmul work with nothing else around it, i.e. what a step running the
+    same products cannot beat."""
+    g = torch.Generator().manual_seed(2)
+    calls = [(func, replay_args(torch, spec, g)) for func, spec, _ in products]
+    for func, a in calls:
+        func(*a)
+    ts = []
+    for _ in range(reps):
+        t0 = clock()
+        for func, a in calls:
+            func(*a)
+        ts.append(clock() - t0)
+    return 1000 * float(np.median(ts))
+
+
 def gemm_gflops(torch, dtype, rows: int, width: int, clock, reps: int = 30) -> float:
-    """Matmul throughput at the step's layer shape: (rows x width) @ (width x width) as forward, input-gradient
-    and weight-gradient products, GFLOP/s over all three. The gradient step cannot beat its FLOPs at this rate."""
+    """Matmul throughput of torch's own path at the step's layer shape: (rows x width) @ (width x width) as forward,
+    input-gradient and weight-gradient products, GFLOP/s over all three."""
     g = torch.Generator().manual_seed(1)
     x, d = (torch.randn(rows, width, generator=g).to(dtype) for _ in range(2))
     w = torch.randn(width, width, generator=g).to(dtype)
@@ -241,112 +434,184 @@ def gemm_gflops(torch, dtype, rows: int, width: int, clock, reps: int = 30) -> f
     return 3 * reps * 2 * rows * width * width / (clock() - t0) / 1e9
 
 
-def step_matmuls(torch, step) -> list[tuple]:
-    """Every matrix product one call of `step()` runs, forward and backward, as (batched?, shape of A, shape of B,
-    dtype), recorded below autograd and autocast by a TorchDispatchMode. Replayed alone by `matmuls_ms`."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+def layer_shapes(torch, agent, step) -> dict:
+    """(rows, in, out, input needs a gradient) of every Linear call of one step, distinct, in first-call order ->
+    whether autocast was on for it (under --bf16 the value heads run in fp32)."""
+    seen = {}
 
-    aten = torch.ops.aten
-    operands = {aten.mm.default: (0, 1), aten.bmm.default: (0, 1), aten.addmm.default: (1, 2),
-                aten.baddbmm.default: (1, 2)}
-    found = []
+    def hook(module, inputs, output):
+        x = inputs[0]
+        key = (x.numel() // module.in_features, module.in_features, module.out_features, x.requires_grad)
+        seen.setdefault(key, torch.is_autocast_enabled(x.device.type))
 
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in operands:
-                i, j = operands[func]
-                found.append((args[i].dim() == 3, tuple(args[i].shape), tuple(args[j].shape), args[i].dtype))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
+    handles = [mod.register_forward_hook(hook) for mod in agent.modules() if isinstance(mod, torch.nn.Linear)]
+    try:
         step()
-    return found
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
-def matmuls_ms(torch, products: list[tuple], clock, reps: int = 10) -> float:
-    """Median time of running just `products` back to back on contiguous random operands of their shapes: the
-    step's matmul work with nothing else around it, i.e. what an eager version running the same products cannot beat."""
-    g = torch.Generator().manual_seed(2)
-    ops = [(torch.bmm if batched else torch.mm, torch.randn(a, generator=g).to(dt), torch.randn(b, generator=g).to(dt))
-           for batched, a, b, dt in products]
-    for f, x, y in ops:
-        f(x, y)
-    ts = []
-    for _ in range(reps):
-        t0 = clock()
-        for f, x, y in ops:
-            f(x, y)
-        ts.append(clock() - t0)
-    return 1000 * float(np.median(ts))
+def layer_rates(torch, m, shapes: list, autocast: dict, kernels: list[tuple], device, clock, reps: int = 5) -> list:
+    """GFLOP/s of one Linear of each shape, forward and backward (input gradient where the step needs it, weight and
+    bias gradients), per kernel: (name, fp32 kernel of the script's Linear, bf16 autocast?); a bf16 column runs a
+    shape in fp32 where the bf16 step does (`autocast`). Best of `reps` after a warm-up."""
+    g = torch.Generator().manual_seed(3)
+    rows_out = []
+    for shape in shapes:
+        rows, n_in, n_out, needs_dx = shape
+        layer = m.Linear(n_in, n_out).to(device)
+        x = torch.randn(rows, n_in, generator=g).to(device).requires_grad_(needs_dx)
+        d = torch.randn(rows, n_out, generator=g).to(device)
+        row = {"rows": rows, "in": n_in, "out": n_out, "input_grad": needs_dx}
+        for name, kernel, bf16 in kernels:
+            m.matmul = kernel
+            fwd, bwd = [], []
+            for _ in range(reps + 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and autocast.get(shape, True)):
+                    t0 = clock()
+                    y = layer(x)
+                    t1 = clock()
+                wrt = [x, *layer.parameters()] if needs_dx else list(layer.parameters())
+                t2 = clock()
+                torch.autograd.grad(y, wrt, d.to(y.dtype))
+                t3 = clock()
+                fwd.append(t1 - t0), bwd.append(t3 - t2)
+            flop = 2 * rows * n_in * n_out
+            row[name] = {"forward_gflops": round(flop / max(min(fwd[1:]), 1e-9) / 1e9, 1),
+                         "backward_gflops": round(flop * (2 if needs_dx else 1) / max(min(bwd[1:]), 1e-9) / 1e9, 1)}
+        rows_out.append(row)
+    return rows_out
+
+
+def rss_mb() -> tuple[float, float]:
+    """(resident memory now, peak resident memory so far) of this process, in MB (Linux VmRSS and VmHWM)."""
+    with open("/proc/self/status") as f:
+        kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+    return round(kb["VmRSS"] / 1024, 1), round(kb["VmHWM"] / 1024, 1)
 
 
 def grad_step(args) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.threads)
+    if args.cuda and not torch.cuda.is_available():
+        raise SystemExit("error: --cuda: torch finds no CUDA device here")
+    device = torch.device("cuda" if args.cuda else "cpu")
     m = load_script(args.script)
     obs_dim, act_dim, T, B, C = args.obs_dim, args.act_dim, args.tasks, args.batch, args.context
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    res = {}
-    for bf16 in (False, True):
+    if args.cuda:
+        def clock():
+            torch.cuda.synchronize()
+            return time.perf_counter()
+    else:
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    # the variants: name -> (bf16, fp32 kernel of the script's Linear). On the CPU fp32 runs on both kernels; bf16
+    # products run on oneDNN either way (torch's own bf16 path), so bf16 is timed once
+    onednn = not args.cuda and hasattr(m, "fastest_matmul") and torch.backends.mkldnn.is_available()
+    variants = {"fp32_default": (False, "default")}
+    if onednn:
+        variants["fp32_onednn"] = (False, "onednn")
+    variants["bf16"] = (True, "onednn" if onednn else "default")
+    chosen = m.fastest_matmul(args.net_size) if onednn else "default"
+    setup = m.speed_setup(chosen, args.net_size)  # as the script sets itself up at start
+    if not args.cuda:
+        print("  " + setup, flush=True)
+    ctx_dim = obs_dim + act_dim + 1
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(T, B, 2 * obs_dim + act_dim + 2, generator=g)
+    batch[..., -1] = 0.0
+    context = torch.randn(T, C, ctx_dim, generator=g)
+    batch, context = batch.to(device), context.to(device)
+    steps = {"script": m.gradient_step}
+    if args.naive:
+        steps["naive"] = lambda *x: naive_gradient_step(m, *x)
+    setups, products, res = {}, {}, {}
+    for v, (bf16, kernel) in variants.items():
         a = dataclasses.replace(m.Args(), **{**m.DEFAULTS, "bf16": bf16, "net_size": args.net_size, "batch_size": B,
                                              "embedding_batch_size": C, "meta_batch": T})
-        ctx_dim = obs_dim + act_dim + 1
-        g = torch.Generator().manual_seed(0)
-        batch = torch.randn(T, B, 2 * obs_dim + act_dim + 2, generator=g)
-        batch[..., -1] = 0.0
-        context = torch.randn(T, C, ctx_dim, generator=g)
-        steps = {"script": lambda *x: m.gradient_step(*x)}
-        if args.naive:
-            steps["naive"] = lambda *x: naive_gradient_step(m, *x)
-        setups = {}
-        for name in steps:
+        m.matmul = kernel
+        for name, step in steps.items():
             torch.manual_seed(0)
-            agent = m.PEARL(obs_dim, act_dim, ctx_dim, a)
-            setups[name] = (agent, m.make_optimizers(agent, a.learning_rate))
+            agent = m.PEARL(obs_dim, act_dim, ctx_dim, a).to(device)
+            setups[v, name] = (a, agent, m.make_optimizers(agent, a.learning_rate))
             for _ in range(args.warmup):
-                steps[name](*setups[name], batch, context, a, obs_dim, act_dim)
-        with FlopCounterMode(display=False) as counter:  # matmul FLOPs of one step, forward and backward
-            steps["script"](*setups["script"], batch, context, a, obs_dim, act_dim)
-        gflop = counter.get_total_flops() / 1e9
-        products = step_matmuls(torch, lambda: steps["script"](*setups["script"], batch, context, a, obs_dim, act_dim))
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        medians, peaks, mm_only = {name: [] for name in steps}, [], []
-        for _ in range(args.repeats):  # variants interleaved, so a busy spell hits both
-            peaks.append(gemm_gflops(torch, dtype, T * B, args.net_size, clock))
-            mm_only.append(matmuls_ms(torch, products, clock))
+                step(agent, setups[v, name][2], batch, context, a, obs_dim, act_dim)
+        a, agent, optims = setups[v, "script"]
+        products[v] = step_matmuls(torch, lambda: m.gradient_step(agent, optims, batch, context, a, obs_dim, act_dim))
+    shapes, autocast = {}, {}
+    for v, (bf16, kernel) in variants.items():  # the networks' calls (autocast off for some under bf16)
+        a, agent, optims = setups[v, "script"]
+        m.matmul = kernel
+        found = layer_shapes(torch, agent, lambda: m.gradient_step(agent, optims, batch, context, a, obs_dim, act_dim))
+        (autocast if bf16 else shapes).update(found)
+    timed = {(v, name): [] for v in variants for name in steps}
+    mm_only, peaks = {v: [] for v in variants}, {False: [], True: []}
+    for _ in range(args.repeats):  # everything interleaved, so a busy spell hits every variant
+        for bf16 in (False, True):
+            if not args.cuda:
+                peaks[bf16].append(gemm_gflops(torch, torch.bfloat16 if bf16 else torch.float32, T * B, args.net_size,
+                                               clock))
+        for v, (bf16, kernel) in variants.items():
+            m.matmul = kernel
+            mm_only[v].append(matmuls_ms(torch, products[v], clock))
             for name, step in steps.items():
+                a, agent, optims = setups[v, name]
                 ts = []
                 for _ in range(args.steps):
                     t0 = clock()
-                    step(*setups[name], batch, context, a, obs_dim, act_dim)
+                    step(agent, optims, batch, context, a, obs_dim, act_dim)
                     ts.append(clock() - t0)
-                medians[name].append(1000 * float(np.median(ts)))
-        for name, meds in medians.items():
-            key = ("bf16" if bf16 else "fp32") + ("" if name == "script" else "_naive")
-            res[key] = {"median_ms_per_repeat": [round(x, 1) for x in meds], "median_ms": round(float(np.median(meds)), 1),
+                timed[v, name].append(1000 * float(np.median(ts)))
+        rss_now, rss_peak = rss_mb()
+    for v, (bf16, kernel) in variants.items():
+        gflop = sum(product_flops(p) for p in products[v]) / 1e9
+        for name in steps:
+            meds = timed[v, name]
+            key = v + ("" if name == "script" else "_naive")
+            res[key] = {"kernel": "bf16 autocast" if bf16 else kernel,
+                        "median_ms_per_repeat": [round(x, 1) for x in meds],
+                        "median_ms": round(float(np.median(meds)), 1),
                         "min_ms": round(min(meds), 1), "max_ms": round(max(meds), 1)}
-            print(f"  {key}: {res[key]['median_ms']:.1f} ms per gradient step (repeat medians "
-                  f"{res[key]['min_ms']:.1f} .. {res[key]['max_ms']:.1f}; {args.repeats} x {args.steps} steps)", flush=True)
-        key = "bf16" if bf16 else "fp32"
-        peak = float(np.median(peaks))
-        floor_ms = 1000 * gflop / peak
-        res[key].update({"gflop_per_step": round(gflop, 2), "gemm_gflops_per_repeat": [round(x, 1) for x in peaks],
-                         "gemm_gflops": round(peak, 1), "floor_ms": round(floor_ms, 1),
-                         "x_floor": round(res[key]["median_ms"] / floor_ms, 2),
-                         "matmuls_per_step": len(products),
-                         "matmuls_only_ms_per_repeat": [round(x, 1) for x in mm_only],
-                         "matmuls_only_ms": round(float(np.median(mm_only)), 2),
-                         "x_matmuls_only": round(res[key]["median_ms"] / float(np.median(mm_only)), 2)})
-        print(f"  {key}: {gflop:.1f} GFLOP per step; matmul {peak:.0f} GFLOP/s at {T * B} x {args.net_size} x "
-              f"{args.net_size} -> floor {floor_ms:.1f} ms; the step takes {res[key]['x_floor']:.2f} x the floor",
-              flush=True)
-        print(f"  {key}: the step's {len(products)} matmuls alone, replayed on contiguous operands: "
-              f"{res[key]['matmuls_only_ms']:.1f} ms (repeats {min(mm_only):.1f} .. {max(mm_only):.1f}); the step "
-              f"takes {res[key]['x_matmuls_only']:.2f} x that", flush=True)
-    res["speedup_bf16"] = round(res["fp32"]["median_ms"] / res["bf16"]["median_ms"], 2)
-    res["config"] = {"script": args.script, "threads": args.threads, "clock": args.clock, "tasks": T, "batch": B,
+            print(f"  {key}: {res[key]['median_ms']:.1f} ms per gradient step (repeat medians {res[key]['min_ms']:.1f} "
+                  f".. {res[key]['max_ms']:.1f}; {args.repeats} x {args.steps} steps)", flush=True)
+        mm = float(np.median(mm_only[v]))
+        res[v].update({"gflop_per_step": round(gflop, 2), "matmuls_per_step": len(products[v]),
+                       "matmuls_only_ms_per_repeat": [round(x, 1) for x in mm_only[v]], "matmuls_only_ms": round(mm, 2),
+                       "x_matmuls_only": round(res[v]["median_ms"] / mm, 2),
+                       "matmul_gflops_in_step": round(gflop / mm * 1000, 1)})
+        print(f"  {v}: {gflop:.1f} GFLOP of matmuls per step; its {len(products[v])} products replayed alone (same "
+              f"kernels and layouts): {mm:.1f} ms ({gflop / mm * 1000:.0f} GFLOP/s); the step takes "
+              f"{res[v]['x_matmuls_only']:.2f} x that", flush=True)
+        if peaks[bf16]:
+            peak = float(np.median(peaks[bf16]))
+            res[v].update({"torch_gemm_gflops": round(peak, 1), "floor_ms": round(1000 * gflop / peak, 1),
+                           "x_floor": round(res[v]["median_ms"] / (1000 * gflop / peak), 2)})
+    rates = layer_rates(torch, m, list(shapes), autocast, [(v, kernel, bf16) for v, (bf16, kernel) in variants.items()],
+                        device, clock)
+    print(f"  GFLOP/s per layer shape (forward / backward), best of 5; the step's Linear calls, rows x in -> out:")
+    print("    " + f"{'shape':>22} " + " ".join(f"{v:>17}" for v in variants))
+    for r in rates:
+        shape = f"{r['rows']} x {r['in']} -> {r['out']}" + ("" if r["input_grad"] else "*")
+        print("    " + f"{shape:>22} " + " ".join(f"{r[v]['forward_gflops']:7.0f} / {r[v]['backward_gflops']:<7.0f}"
+                                                   for v in variants))
+    print("    (* no input gradient: the backward is the weight and bias gradients only)")
+    fp32 = "fp32_" + chosen
+    res["fp32_kernel_auto"] = chosen
+    res["speedup_bf16"] = round(res[fp32]["median_ms"] / res["bf16"]["median_ms"], 2)
+    res["bf16_over_fp32"] = round(res["bf16"]["median_ms"] / res[fp32]["median_ms"], 2)
+    res["layer_gflops"] = rates
+    res["rss_mb"], res["peak_rss_mb"] = rss_now, rss_peak
+    if args.cuda:
+        res["cuda_max_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    picks = (f"--matmul auto picks {chosen} here ({', '.join(f'{k} {v:.0f}' for k, v in m.matmul_rates.items())} "
+             f"GFLOP/s); " if onednn else "")
+    print(f"  {picks}bf16 step / fp32 step ({chosen}) = {res['bf16_over_fp32']:.2f}; RSS {rss_now:.0f} MB now, peak "
+          f"{rss_peak:.0f} MB (this process: every variant's networks, optimizers and products)"
+          + (f"; GPU memory peak {res['cuda_max_memory_mb']:.0f} MB" if args.cuda else ""), flush=True)
+    res["config"] = {"script": args.script, "threads": args.threads, "clock": "wall" if args.cuda else args.clock,
+                     "device": torch.cuda.get_device_name() if args.cuda else "cpu", "tasks": T, "batch": B,
                      "context": C, "net_size": args.net_size, "obs_dim": obs_dim, "act_dim": act_dim,
                      "torch": torch.__version__}
     return res
@@ -376,6 +641,7 @@ def main(argv=None):
     gs.add_argument("--naive", action="store_true",
                     help="also time a straightforward version of the same update (3-D tensors, Q weight gradients "
                          "in the policy loss, one backward per loss), interleaved with the script's")
+    gs.add_argument("--cuda", action="store_true", help="on the GPU (wall clock, synchronized); fp32 and bf16")
     gs.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time (with --threads 1 it is robust to other "
                          "jobs taking the cores, which stretch the wall time)")
@@ -387,7 +653,14 @@ def main(argv=None):
     co.add_argument("--evals", type=int, default=None, help="meta-test runs per task (default: paper)")
     co.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the run (default 1)")
     co.add_argument("--flags", default="", help="extra flags for the script (one quoted string)")
-    for q in (it, gs, co):
+    vs = sub.add_parser("versus", help="the authors' PEARL beside pearl.py fp32 and --bf16: s/step, s/iteration, RSS")
+    vs.add_argument("--oyster", required=True, help="the authors' checkout (benchmarks/oyster_reference.py)")
+    vs.add_argument("--env", default="sparse-point-robot", choices=["sparse-point-robot", "point-robot"])
+    vs.add_argument("--script", default="pearl.py")
+    vs.add_argument("--steps", type=int, default=100, help="gradient steps per iteration of each run (default 100)")
+    vs.add_argument("--rounds", type=int, default=1, help="rounds of the three runs, rotating their order")
+    vs.add_argument("--append", action="store_true", help="add to the runs already in the results file")
+    for q in (it, gs, co, vs):
         q.add_argument("--name", default=None, help="results/<name>.json (default speed_<env> / speed_grad_step / "
                                                     "cost_<script>_<env>)")
     args = p.parse_args(argv)
@@ -397,6 +670,10 @@ def main(argv=None):
     elif args.mode == "cost":
         res = paper_cost(args)
         name = args.name or f"cost_{os.path.splitext(os.path.basename(args.script))[0]}_{args.env}"
+    elif args.mode == "versus":
+        name = args.name or f"versus_{args.env}"
+        args.out_json = os.path.join(ROOT, "benchmarks", "results", f"{name}.json")
+        res = versus(args)
     else:
         res, name = grad_step(args), args.name or "speed_grad_step"
     res = {"mode": args.mode, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu": cpu_model(),

@@ -1,11 +1,12 @@
-"""benchmarks/speed.py: grad-step's recorded matmuls are the step's own (their FLOPs are torch's FLOP count) and a
-tiny configuration produces every reported number; cost prices a paper-size run from two measured iterations;
-run_measured reports a child's own peak memory."""
+"""benchmarks/speed.py: grad-step's recorded matmuls are the step's own, on either kernel (their FLOPs are torch's FLOP
+count) and are replayed with their layouts; a tiny configuration produces every reported number; cost prices a
+paper-size run from two measured iterations; run_measured reports a child's own peak memory."""
 
 import argparse
 import importlib.util
 import os
 import sys
+import time
 import types
 
 import pytest
@@ -33,30 +34,65 @@ def test_step_matmuls_records_forward_and_backward_products(speed):
         (net(x).square().sum() + torch.bmm(torch.ones(2, 7, 6), w).sum()).backward()
 
     found = speed.step_matmuls(torch, step)
-    shapes = sorted((batched, a, b) for batched, a, b, _ in found)
+    shapes = sorted((spec[i][1], spec[j][1]) for _, spec, (i, j, _) in found)
     # forward: x @ W1^T (5x3 @ 3x4), h @ W2^T (5x4 @ 4x2), the bmm; backward: the weight gradients of both layers,
     # the input gradient of layer 2 (layer 1's input needs none) and the bmm's gradient for w
-    assert shapes == sorted([
-        (False, (5, 3), (3, 4)), (False, (5, 4), (4, 2)), (True, (2, 7, 6), (2, 6, 4)),
-        (False, (2, 5), (5, 4)), (False, (4, 5), (5, 3)), (False, (5, 2), (2, 4)), (True, (2, 6, 7), (2, 7, 4)),
-    ]), shapes
+    assert shapes == sorted([((5, 3), (3, 4)), ((5, 4), (4, 2)), ((2, 7, 6), (2, 6, 4)), ((2, 5), (5, 4)),
+                             ((4, 5), (5, 3)), ((5, 2), (2, 4)), ((2, 6, 7), (2, 7, 4))]), shapes
     with FlopCounterMode(display=False) as counter:
         step()
-    recorded = sum(2 * a[-2] * a[-1] * b[-1] * (a[0] if batched else 1) for batched, a, b, _ in found)
-    assert recorded == counter.get_total_flops()
+    assert sum(speed.product_flops(p) for p in found) == counter.get_total_flops()
 
 
-def test_grad_step_reports_the_matmul_only_time(speed):
+def test_the_onednn_products_are_recorded_and_replayed_with_their_layouts(speed):
+    m = speed.load_script("pearl.py")
+    torch.manual_seed(0)
+    layer, x, d = m.Linear(20, 48), torch.randn(64, 20, requires_grad=True), torch.randn(64, 48)
+
+    def step():
+        layer(x).backward(d)
+
+    with FlopCounterMode(display=False) as counter:  # torch's path: addmm, and mm for each gradient
+        step()
+    m.matmul = "onednn"
+    try:
+        found = speed.step_matmuls(torch, step)
+    finally:
+        m.matmul = "default"
+    assert {f.name() for f, _, _ in found} == {"mkldnn::_linear_pointwise"} and len(found) == 3
+    assert sum(speed.product_flops(p) for p in found) == counter.get_total_flops()  # the same products
+    # the weight gradient's first factor is x transposed (the smaller one): replayed as a transposed view
+    wgrad = [spec for _, spec, _ in found if spec[0][1] == (20, 64)]
+    assert wgrad and wgrad[0][0][2] == (1, 20)
+    replayed = speed.replay_args(torch, wgrad[0], torch.Generator().manual_seed(0))
+    assert replayed[0].shape == (20, 64) and replayed[0].stride() == (1, 20)
+    assert speed.matmuls_ms(torch, found, time.perf_counter, reps=2) > 0
+
+
+def test_grad_step_reports_the_matmul_only_time_kernels_and_memory(speed):
     args = argparse.Namespace(script="pearl.py", threads=1, tasks=2, batch=16, context=8, net_size=16, obs_dim=5,
-                              act_dim=2, warmup=1, steps=2, repeats=2, naive=True, clock="wall")
+                              act_dim=2, warmup=1, steps=2, repeats=2, naive=True, clock="wall", cuda=False)
     res = speed.grad_step(args)
-    for key in ("fp32", "bf16"):
+    for key in ("fp32_default", "fp32_onednn", "bf16"):
         r = res[key]
         # 4 networks of 4 layers and the encoder's 4, forward and backward: dozens of products
-        assert r["matmuls_per_step"] > 40
+        assert r["matmuls_per_step"] > 40 and r["gflop_per_step"] > 0
         assert len(r["matmuls_only_ms_per_repeat"]) == 2 and r["matmuls_only_ms"] > 0
         assert r["x_matmuls_only"] == pytest.approx(r["median_ms"] / r["matmuls_only_ms"], rel=0.05)
-    assert "fp32_naive" in res
+    assert res["fp32_default"]["gflop_per_step"] == pytest.approx(res["fp32_onednn"]["gflop_per_step"])
+    assert "fp32_default_naive" in res and res["fp32_kernel_auto"] in ("default", "onednn")
+    assert res["peak_rss_mb"] >= res["rss_mb"] > 0
+    # every Linear shape of the step, with each kernel's forward / backward rate
+    assert {(r["rows"], r["in"], r["out"]) for r in res["layer_gflops"]} >= {(32, 12, 16), (32, 16, 16), (16, 8, 200)}
+    assert all(r[k]["forward_gflops"] > 0 for r in res["layer_gflops"] for k in ("fp32_default", "bf16"))
+
+
+def test_grad_step_cuda_without_a_gpu_is_a_one_line_error(speed):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    args = argparse.Namespace(script="pearl.py", threads=1, cuda=True)
+    with pytest.raises(SystemExit, match="^error: --cuda: torch finds no CUDA device here$"):
+        speed.grad_step(args)
 
 
 def test_price_scales_the_measured_iterations_to_the_paper_counts(speed):
@@ -75,3 +111,10 @@ def test_run_measured_reports_the_childs_own_peak_memory(speed, tmp_path):
     code = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(0.6)"
     r = speed.run_measured([sys.executable, "-c", code], 1, str(tmp_path / "log"))
     assert r["rc"] == 0 and r["peak_rss_mb"] >= 300 and r["median_rss_mb"] > 0
+
+
+def test_run_measured_samples_the_largest_process_under_a_launcher(speed, tmp_path):
+    child = "import time; x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(1.0)"
+    launcher = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    r = speed.run_measured([sys.executable, "-c", launcher], 1, str(tmp_path / "log"))
+    assert r["rc"] == 0 and r["peak_rss_mb"] >= 200 and r["median_rss_mb"] >= 150  # the child's, not the launcher's

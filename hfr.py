@@ -24,10 +24,11 @@ HFR: for half of the collection calls (never the initial data) each trajectory i
 reward (env.evaluate), scored by how well the policy adapted on it would do on each task (Eq. 9, one batched pass),
 and stored, with the rewards and terminals of the task drawn from Eq. 8, in THAT task's buffers instead of its own.
 Baselines: --relabel hipi (per transition, Q - log Z, HIPI), random (a uniform task per trajectory), none (PEARL).
+Pixel families (env.renders_observations: visual-reacher) need no flag: a conv encoder turns each observation's image
+into the features that the context encoder, policy and critics read; the state numbers leading the observation
+(what the reward reads) reach only env.evaluate, and the buffers keep the images as uint8.
 
-
-Reproduce the paper's Four-Corners comparison (Fig. 2; the authors' config: a meta-batch of 8 drawn from the 4
-tasks with replacement, batch 256; `--help` says what a run costs):
+Reproduce the paper's Four-Corners comparison (Fig. 2; the authors' config, a meta-batch of 8 from the 4 tasks):
     for r in hfr hipi random none; do python hfr.py --env four-corners --relabel $r; done
 The headline run (Sawyer push, Fig. 6; `--help` says what it costs):
     python hfr.py --env sawyer-push
@@ -266,12 +267,43 @@ class Critic(nn.Module):
             return self.net[-1](h.float())
 
 
-class PEARL(nn.Module):
-    """All networks of the agent: encoder, policy, twin Q, V and the Polyak-averaged target V."""
+class PixelEncoder(nn.Module):
+    """Pixel families: an observation's image (its last C*H*W entries, values k/255) -> 50 features, which the
+    context encoder, policy and critics read in place of the observation; the state numbers before the image never
+    reach it. HFR gives no architecture for its visual reacher (code not released), so this is SAC-AE's encoder
+    (Yarats et al. 2019, arXiv:1910.01741): 4 conv layers of 32 3x3 filters, strides 2, 1, 1, 1, ReLUs, a Linear
+    to 50, LayerNorm, tanh. Deviations from SAC-AE: one encoder, head included, for all networks (SAC-AE's actor
+    has its own head), torch's default initialization (SAC-AE: orthogonal), no decoder."""
 
-    def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args):
+    def __init__(self, image_shape: tuple[int, int, int], features: int = 50):
+        super().__init__()
+        c, h, w = self.image_shape = tuple(image_shape)
+        self.image_size, self.out_dim = c * h * w, features
+        self.convs = nn.Sequential(nn.Conv2d(c, 32, 3, stride=2), nn.ReLU(inplace=True), nn.Conv2d(32, 32, 3),
+                                   nn.ReLU(inplace=True), nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True),
+                                   nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True), nn.Flatten())
+        flat = 32 * ((h - 3) // 2 - 5) * ((w - 3) // 2 - 5)  # 64 x 64 -> 31 x 31 -> 25 x 25 feature maps
+        self.head = nn.Sequential(Linear(flat, features), nn.LayerNorm(features), nn.Tanh())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs (..., state_dim + C*H*W) -> features (..., 50)."""
+        image = obs[..., obs.shape[-1] - self.image_size:].reshape(-1, *self.image_shape)
+        return self.head(self.convs(image)).reshape(*obs.shape[:-1], self.out_dim)
+
+
+class PEARL(nn.Module):
+    """All networks of the agent: encoder, policy, twin Q, V and the Polyak-averaged target V; for a pixel family
+    (image_shape given) also the PixelEncoder shared by all of them, which `features` and `posterior` apply."""
+
+    def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args,
+                 image_shape: Optional[tuple[int, int, int]] = None):
         super().__init__()
         L, h = args.latent_size, args.net_size
+        self.obs_dim, self.act_dim, self.pixels = obs_dim, act_dim, None
+        if image_shape is not None:  # the networks read features: one per observation, two in an (s, a, r, s') row
+            self.pixels = PixelEncoder(image_shape)
+            ctx_dim -= (ctx_dim - act_dim - 1) // obs_dim * (obs_dim - self.pixels.out_dim)
+            obs_dim = self.pixels.out_dim
         self.encoder = ContextEncoder(ctx_dim, L, args.encoder_size, ib=args.use_information_bottleneck)
         self.policy = TanhGaussianPolicy(obs_dim, L, act_dim, h)
         self.qf1, self.qf2 = Critic(obs_dim + act_dim + L, h), Critic(obs_dim + act_dim + L, h)
@@ -279,13 +311,28 @@ class PEARL(nn.Module):
         self.target_vf.load_state_dict(self.vf.state_dict())
         self.target_vf.requires_grad_(False)
 
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """What the networks read of observations (..., obs_dim): the PixelEncoder's features for a pixel family,
+        else the observations themselves."""
+        return obs if self.pixels is None else self.pixels(obs)
+
+    def posterior(self, context: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """q(z | c), Eq. 2, of context rows (..., N, ctx_dim) = (s, a, r[, s']), their observations as `features`."""
+        if self.pixels is None:
+            return self.encoder(context)
+        o, a = self.obs_dim, self.obs_dim + self.act_dim + 1
+        next_obs = [self.features(context[..., a:])] if context.shape[-1] > a else []
+        return self.encoder(torch.cat([self.features(context[..., :o]), context[..., o:a], *next_obs], -1))
+
 
 def make_optimizers(agent: PEARL, lr: float) -> dict[str, torch.optim.Optimizer]:
     """Separate Adams as the authors' code (one for both Q nets: Adam is per-parameter, so this equals two).
-    fused=True: one kernel per optimizer step instead of a dozen passes over the parameters."""
+    fused=True: one kernel per optimizer step instead of a dozen passes over the parameters. A PixelEncoder steps
+    with the context encoder: both learn from Eq. 3 and the KL only (as SAC-AE's encoder, from the critic's loss)."""
     kw = dict(lr=lr, fused=True)
+    pixels = [] if agent.pixels is None else list(agent.pixels.parameters())
     return {"qf": torch.optim.Adam([*agent.qf1.parameters(), *agent.qf2.parameters()], **kw),
-            "encoder": torch.optim.Adam(agent.encoder.parameters(), **kw),
+            "encoder": torch.optim.Adam([*agent.encoder.parameters(), *pixels], **kw),
             "vf": torch.optim.Adam(agent.vf.parameters(), **kw),
             "policy": torch.optim.Adam(agent.policy.parameters(), **kw)}
 
@@ -295,24 +342,35 @@ class TaskReplayBuffers:
     """One FIFO buffer of `capacity` transitions per train task. A row packs a transition as
     [obs, act, reward, next_obs, done] (float32), so the encoder's context (s, a, r[, s']) is a prefix of the row.
     Whole trajectories go in (`add_trajectory`), random transitions of many tasks come out (`sample`). Each task's
-    array grows with what it holds (doubling, up to the capacity), so memory follows the data, not the capacity:
+    arrays grow with what they hold (doubling, up to the capacity), so memory follows the data, not the capacity:
     the authors' 1e6 per task is affordable, and no large array is preallocated (numpy asks the kernel for 2 MB
-    transparent huge pages on arrays of 4 MB and more, and each task's first rows would fault one in)."""
+    transparent huge pages on arrays of 4 MB and more, and each task's first rows would fault one in). Images (the
+    last image_size entries of obs and of next_obs, values k/255) are kept as the bytes k, the other columns as
+    float32: a 64 x 64 pixel transition takes 24.6 kB instead of 98 kB, and comes out of `sample` bit for bit."""
 
-    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, act_dim: int):
-        self.capacity, self.width = capacity, 2 * obs_dim + act_dim + 2
-        self.data = [np.zeros((0, self.width), np.float32) for _ in range(n_tasks)]
+    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, act_dim: int, image_size: int = 0):
+        self.capacity, self.width, self.image_size = capacity, 2 * obs_dim + act_dim + 2, image_size
+        self.image_at = (obs_dim - image_size, self.width - 1 - image_size)  # first columns of obs's, next_obs's image
+        image = np.zeros(self.width, bool)
+        for start in self.image_at:
+            image[start:start + image_size] = True
+        self.floats, self.pixels = np.flatnonzero(~image), np.flatnonzero(image)  # column indices
+        self.data = [np.zeros((0, len(self.floats)), np.float32) for _ in range(n_tasks)]
+        self.images = [np.zeros((0, len(self.pixels)), np.uint8) for _ in range(n_tasks)]
         self.size = np.zeros(n_tasks, np.int64)
         self.ptr = np.zeros(n_tasks, np.int64)
 
     def add_trajectory(self, task: int, rows: np.ndarray) -> None:
         held = min(self.size[task] + len(rows), self.capacity)
-        if held > len(self.data[task]):  # not full yet, so rows 0..size-1 are the data: copy them to a larger array
-            grown = np.empty((min(max(held, 2 * len(self.data[task]), 1024), self.capacity), self.width), np.float32)
-            grown[: self.size[task]] = self.data[task][: self.size[task]]
-            self.data[task] = grown
+        if held > len(self.data[task]):  # not full yet, so rows 0..size-1 are the data: copy them to larger arrays
+            n = min(max(held, 2 * len(self.data[task]), 1024), self.capacity)
+            for arrays in (self.data, self.images):
+                grown = np.empty((n, arrays[task].shape[1]), arrays[task].dtype)
+                grown[: self.size[task]] = arrays[task][: self.size[task]]
+                arrays[task] = grown
         idx = (self.ptr[task] + np.arange(len(rows))) % self.capacity
-        self.data[task][idx] = rows
+        self.data[task][idx] = rows[:, self.floats]
+        self.images[task][idx] = np.rint(rows[:, self.pixels] * 255)
         self.ptr[task] = (self.ptr[task] + len(rows)) % self.capacity
         self.size[task] = held
 
@@ -322,15 +380,26 @@ class TaskReplayBuffers:
     def sample(self, tasks: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """(len(tasks), n, width): n transitions drawn uniformly with replacement from each task's buffer."""
         idx = rng.integers(0, self.size[tasks][:, None], size=(len(tasks), n))
-        return np.stack([self.data[t][i] for t, i in zip(tasks, idx)])
+        floats = np.stack([self.data[t][i] for t, i in zip(tasks, idx)])
+        if not self.image_size:
+            return floats  # all of the row
+        images, size = np.stack([self.images[t][i] for t, i in zip(tasks, idx)]), self.image_size
+        rows = np.empty((len(tasks), n, self.width), np.float32)
+        rows[..., self.floats] = floats
+        for k, start in enumerate(self.image_at):  # k / 255 as the env computes it (slices: 10x faster than indices)
+            np.divide(images[..., k * size:(k + 1) * size], np.float32(255), out=rows[..., start:start + size])
+        return rows
 
     def state_dict(self) -> dict:
         return {"rows": [self.data[t][: self.size[t]].copy() for t in range(len(self.size))],
+                "images": [self.images[t][: self.size[t]].copy() for t in range(len(self.size))],
                 "size": self.size.copy(), "ptr": self.ptr.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.size[:], self.ptr[:] = state["size"], state["ptr"]
-        self.data = [np.array(rows, np.float32).reshape(-1, self.width) for rows in state["rows"]]
+        self.data = [np.array(rows, np.float32).reshape(-1, len(self.floats)) for rows in state["rows"]]
+        images = state.get("images") or [np.zeros((len(rows), 0)) for rows in self.data]  # older checkpoints: none
+        self.images = [np.array(x, np.uint8).reshape(len(rows), len(self.pixels)) for rows, x in zip(self.data, images)]
 
 
 def pack(traj: dict, reward: np.ndarray) -> np.ndarray:
@@ -386,8 +455,9 @@ def utility(agent: PEARL, context: torch.Tensor, start_obs: torch.Tensor) -> tor
     """Eq. 9 (Algorithm 1, ComputeUtility) for a batch (...) of (trajectory, task) pairs: the trajectory under the
     task's reward, context (..., T, ctx_dim), gives z ~ q(z | context) (the adaptation f_phi); the task's start states
     (..., N, obs_dim) and a1 ~ pi(. | s1, z) give U = mean_n min(Q1, Q2)(s1_n, a1_n, z), no -log pi (the authors')."""
-    z = sample_z(*agent.encoder(context))[..., None, :].expand(*start_obs.shape[:-1], -1)
-    s_a_z = torch.cat([start_obs, agent.policy.act(start_obs, z, deterministic=False), z], -1)
+    s1 = agent.features(start_obs)  # as the networks read them
+    z = sample_z(*agent.posterior(context))[..., None, :].expand(*s1.shape[:-1], -1)
+    s_a_z = torch.cat([s1, agent.policy.act(s1, z, deterministic=False), z], -1)
     return torch.min(agent.qf1(s_a_z), agent.qf2(s_a_z)).float().mean((-2, -1))
 
 
@@ -402,11 +472,11 @@ class Relabeler:
         self.args, self.obs_dim, self.act_dim, self.ctx_dim, self.device = args, obs_dim, act_dim, ctx_dim, device
         per_call = max(args.num_initial_steps,
                        args.num_steps_prior + args.num_steps_posterior + args.num_extra_rl_steps_posterior)
-        self.orig_buf = TaskReplayBuffers(K, per_call + 3 * env.horizon, obs_dim, act_dim)
-        self.start_buf = TaskReplayBuffers(K, max(args.replay_buffer_size // env.horizon, 1), obs_dim, act_dim)
+        self.orig_buf = TaskReplayBuffers(K, per_call + 3 * env.horizon, obs_dim, act_dim, rl_buf.image_size)
+        self.start_buf = TaskReplayBuffers(K, max(args.replay_buffer_size // env.horizon, 1), obs_dim, act_dim,
+                                           rl_buf.image_size)
         self.log_z = np.zeros(K)  # Algorithm 1's log Z: refreshed after each iteration's collection, zeros before
-        self.cleared = np.zeros(K, bool)
-        self.reward_model = self.reward_optim = None
+        self.cleared, self.reward_model, self.reward_optim = np.zeros(K, bool), None, None
         if args.learned_reward:  # r(s, a, task), an MLP like the critics (Fig. 8c/d, in the block below)
             self.reward_model = Critic(obs_dim + act_dim + env.task_dim, args.net_size).to(device)
             self.reward_optim = torch.optim.Adam(self.reward_model.parameters(), lr=args.learning_rate)
@@ -483,8 +553,7 @@ class Relabeler:
 
     def add(self, dest: np.ndarray, traj: dict, rew, critic_rew, done, *, add_to_encoder: bool) -> None:
         """Transition t of traj, with the given rewards and terminals, into task dest[t]'s buffers."""
-        traj = dict(traj, done=done)
-        rl_rows, enc_rows = pack(traj, critic_rew), pack(traj, rew)
+        rl_rows, enc_rows = (pack(dict(traj, done=done), r) for r in (critic_rew, rew))
         self.start_buf.add_trajectory(dest[0], rl_rows[:1])
         for j in np.unique(dest):  # insertion only: one slice per receiving task (a single one unless HIPI)
             self.rl_buf.add_trajectory(j, rl_rows[dest == j])
@@ -528,9 +597,9 @@ class Relabeler:
         if self.args.relabel == "random":
             return np.full((1, K), 1.0 / K)
         context = self.enc_buf.sample(np.arange(K), self.args.embedding_batch_size, rng)
-        z = sample_z(*self.agent.encoder(self.tensor(context[..., :self.ctx_dim])))
-        obs, act = (self.tensor(traj[k]).expand(K, T, -1) for k in ("obs", "act"))
-        s_a_z = torch.cat([obs, act, z[:, None].expand(K, T, -1)], -1)
+        z = sample_z(*self.agent.posterior(self.tensor(context[..., :self.ctx_dim])))
+        obs, act = self.agent.features(self.tensor(traj["obs"])), self.tensor(traj["act"])
+        s_a_z = torch.cat([obs.expand(K, T, -1), act.expand(K, T, -1), z[:, None].expand(K, T, -1)], -1)
         q = torch.min(self.agent.qf1(s_a_z), self.agent.qf2(s_a_z)).float()[..., 0]
         log_z = log_mean_exp(q, 1).cpu().numpy()
         self.stats["log_z"] += log_z.mean()
@@ -571,7 +640,7 @@ def rollout(env, agent: PEARL, z: torch.Tensor, device, *, deterministic: bool, 
     steps, frames, success = [], [], False
     while True:
         s = torch.as_tensor(obs, device=device)[None]
-        a = agent.policy.act(s, z, deterministic=deterministic)[0].cpu().numpy()
+        a = agent.policy.act(agent.features(s), z, deterministic=deterministic)[0].cpu().numpy()
         next_obs, r, term, trunc, info = env.step(a)
         steps.append((obs, a, r, next_obs, term))
         success = success or bool(info.get("success", False))
@@ -588,7 +657,7 @@ def rollout(env, agent: PEARL, z: torch.Tensor, device, *, deterministic: bool, 
 @torch.inference_mode()
 def infer_posterior(agent: PEARL, context: np.ndarray, ctx_dim: int, device) -> torch.Tensor:
     """z ~ q(z | c) for one task from buffer rows (N, width): the first ctx_dim columns are (s, a, r[, s'])."""
-    mu, var = agent.encoder(torch.as_tensor(context[None, :, :ctx_dim], device=device))
+    mu, var = agent.posterior(torch.as_tensor(context[None, :, :ctx_dim], device=device))
     return sample_z(mu, var)
 
 
@@ -637,8 +706,9 @@ def collect_for_task(env, agent, task_idx, task, relabeler, args, ctx_dim, rng, 
 # ---------------------------------------------------------------------------------------------- Alg. 1: gradient step
 def critic_and_encoder_loss(agent: PEARL, obs, act, rew, next_obs, done, context, args: Args):
     """Eq. 3 (Q loss, the only loss besides the KL that reaches the encoder) + Eq. 1's kl_lambda * KL summed over
-    the meta-batch. RL inputs are (tasks * batch, .) rows, task-major; the context is (tasks, embedding batch, .)."""
-    mu, var = agent.encoder(context)
+    the meta-batch. RL inputs are (tasks * batch, .) rows, task-major, obs and next_obs as the networks read them
+    (PEARL.features); the context is (tasks, embedding batch, .) buffer rows."""
+    mu, var = agent.posterior(context)
     z = sample_z(mu, var).repeat_interleave(obs.shape[0] // mu.shape[0], 0)  # one z per task, for all its rows
     s_a_z = torch.cat([obs, act, z], -1)
     q1, q2 = agent.qf1(s_a_z).float(), agent.qf2(s_a_z).float()
@@ -679,6 +749,9 @@ def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torc
                                      batch[:, -1:])
     autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=args.bf16)
     with autocast:
+        obs = agent.features(obs)  # a PixelEncoder's features: once per step, trained by Eq. 3 and the KL only
+        with torch.no_grad():
+            next_obs = agent.features(next_obs)  # (no target encoder: the target V reads the online one, as DrQ-v2)
         qf_loss, kl_loss, z, stats = critic_and_encoder_loss(agent, obs, act, rew, next_obs, done, context, args)
     for k in ("qf", "encoder"):
         optims[k].zero_grad(set_to_none=True)
@@ -686,7 +759,7 @@ def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torc
     optims["qf"].step(), optims["encoder"].step()
 
     with autocast:
-        vf_loss, policy_loss, stats2 = actor_and_value_loss(agent, obs, z, args)
+        vf_loss, policy_loss, stats2 = actor_and_value_loss(agent, obs.detach(), z, args)  # features as read above
     for k in ("vf", "policy"):
         optims[k].zero_grad(set_to_none=True)
     (vf_loss + policy_loss).backward()  # disjoint parameters: one backward = the authors' two
@@ -946,6 +1019,9 @@ def check_args(args: Args) -> tuple[Args, envs.TaskEnv, envs.TaskEnv]:
                              **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
         fail(f"--capture-video: {e}" if args.capture_video else f"--env {args.env}: {e}")
+    if getattr(env, "renders_observations", False) and envs.NO_OPENGL:
+        fail(f"--env {args.env}: its observations are rendered images, which need OpenGL: apt-get install libosmesa6, "
+             "or set MUJOCO_GL=egl")
     if "dynamics" in env.varies:  # another task's trajectory is valid data for a task only if the physics agree
         fail(f"--env {args.env}: its tasks vary {env.varies}; hfr.py relabels rewards, so it serves the families "
              "whose tasks vary in reward only (python -m envs lists them), e.g. four-corners, sawyer-push")
@@ -979,6 +1055,8 @@ def check_args(args: Args) -> tuple[Args, envs.TaskEnv, envs.TaskEnv]:
     need(0 <= args.relabel_prob <= 1, "relabel_prob", "must be in [0, 1]")
     need(not args.learned_reward or args.relabel != "none", "learned_reward", "needs --relabel hfr, hipi or random")
     need(not (args.learned_reward and args.critic_dense_reward), "learned_reward", "needs --critic-dense-reward False")
+    need(not (args.learned_reward and getattr(env, "renders_observations", False)), "learned_reward",
+         f"its reward model reads observations, and those of {args.env} hold the state the agent must not see")
     return args, env, eval_env
 
 
@@ -1196,11 +1274,13 @@ if __name__ == "__main__":
 
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)
+        image_shape = env.image_shape if getattr(env, "renders_observations", False) else None  # a pixel family
+        image_size = int(np.prod(image_shape)) if image_shape else 0
         train_tasks, test_tasks = env.train_tasks[: args.num_train_tasks], env.test_tasks
-        agent = PEARL(obs_dim, act_dim, ctx_dim, args).to(device)
+        agent = PEARL(obs_dim, act_dim, ctx_dim, args, image_shape).to(device)
         optims = make_optimizers(agent, args.learning_rate)
-        rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
-        enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
+        rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim, image_size)
+        enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim, image_size)
         relabeler = Relabeler(env, agent, train_tasks, rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, device)
         start_iter, env_steps, wall_offset = 0, 0, 0.0
         if checkpoint is not None:
@@ -1254,8 +1334,7 @@ if __name__ == "__main__":
             if it == 0:
                 for i, task in enumerate(train_tasks):
                     new = collect_data(env, agent, i, task, args.num_initial_steps, relabeler, args, ctx_dim, rng,
-                                       device, update_posterior=False, add_to_encoder=True,
-                                       may_relabel=False)  # initial data: never relabeled (authors)
+                                       device, update_posterior=False, add_to_encoder=True, may_relabel=False)
                     trajs, n = trajs + new, sum(len(t["rew"]) for t in new)
                     env_steps += n
                     progress.step("collect", n, status(it, f"initial pool: task {i + 1}/{len(train_tasks)}"))

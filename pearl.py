@@ -15,6 +15,9 @@ conditioned on z. Meta-training (Alg. 1) collects data per task with z from the 
 keeps an RL buffer and an encoder buffer per task, and takes gradient steps on a meta-batch of tasks as one
 batched (tasks, batch, .) computation. Meta-test (Alg. 2): explore with z from the prior, then act with the
 posterior inferred from the context gathered online (the protocol of the authors' code).
+Pixel families (env.renders_observations: visual-reacher) need no flag: a conv encoder turns each observation's image
+into the features that the context encoder, policy and critics read; the state numbers leading the observation
+(what the reward reads) reach only env.evaluate, and the buffers keep the images as uint8.
 
 Reproduce the paper's PEARL curve on cheetah-vel (paper size; `--help` says what it costs):
     python pearl.py --env cheetah-vel
@@ -238,12 +241,43 @@ class Critic(nn.Module):
             return self.net[-1](h.float())
 
 
-class PEARL(nn.Module):
-    """All networks of the agent: encoder, policy, twin Q, V and the Polyak-averaged target V."""
+class PixelEncoder(nn.Module):
+    """Pixel families: an observation's image (its last C*H*W entries, values k/255) -> 50 features, which the
+    context encoder, policy and critics read in place of the observation; the state numbers before the image never
+    reach it. HFR gives no architecture for its visual reacher (code not released), so this is SAC-AE's encoder
+    (Yarats et al. 2019, arXiv:1910.01741): 4 conv layers of 32 3x3 filters, strides 2, 1, 1, 1, ReLUs, a Linear
+    to 50, LayerNorm, tanh. Deviations from SAC-AE: one encoder, head included, for all networks (SAC-AE's actor
+    has its own head), torch's default initialization (SAC-AE: orthogonal), no decoder."""
 
-    def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args):
+    def __init__(self, image_shape: tuple[int, int, int], features: int = 50):
+        super().__init__()
+        c, h, w = self.image_shape = tuple(image_shape)
+        self.image_size, self.out_dim = c * h * w, features
+        self.convs = nn.Sequential(nn.Conv2d(c, 32, 3, stride=2), nn.ReLU(inplace=True), nn.Conv2d(32, 32, 3),
+                                   nn.ReLU(inplace=True), nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True),
+                                   nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True), nn.Flatten())
+        flat = 32 * ((h - 3) // 2 - 5) * ((w - 3) // 2 - 5)  # 64 x 64 -> 31 x 31 -> 25 x 25 feature maps
+        self.head = nn.Sequential(Linear(flat, features), nn.LayerNorm(features), nn.Tanh())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs (..., state_dim + C*H*W) -> features (..., 50)."""
+        image = obs[..., obs.shape[-1] - self.image_size:].reshape(-1, *self.image_shape)
+        return self.head(self.convs(image)).reshape(*obs.shape[:-1], self.out_dim)
+
+
+class PEARL(nn.Module):
+    """All networks of the agent: encoder, policy, twin Q, V and the Polyak-averaged target V; for a pixel family
+    (image_shape given) also the PixelEncoder shared by all of them, which `features` and `posterior` apply."""
+
+    def __init__(self, obs_dim: int, act_dim: int, ctx_dim: int, args: Args,
+                 image_shape: Optional[tuple[int, int, int]] = None):
         super().__init__()
         L, h = args.latent_size, args.net_size
+        self.obs_dim, self.act_dim, self.pixels = obs_dim, act_dim, None
+        if image_shape is not None:  # the networks read features: one per observation, two in an (s, a, r, s') row
+            self.pixels = PixelEncoder(image_shape)
+            ctx_dim -= (ctx_dim - act_dim - 1) // obs_dim * (obs_dim - self.pixels.out_dim)
+            obs_dim = self.pixels.out_dim
         self.encoder = ContextEncoder(ctx_dim, L, args.encoder_size, ib=args.use_information_bottleneck)
         self.policy = TanhGaussianPolicy(obs_dim, L, act_dim, h)
         self.qf1, self.qf2 = Critic(obs_dim + act_dim + L, h), Critic(obs_dim + act_dim + L, h)
@@ -251,13 +285,28 @@ class PEARL(nn.Module):
         self.target_vf.load_state_dict(self.vf.state_dict())
         self.target_vf.requires_grad_(False)
 
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """What the networks read of observations (..., obs_dim): the PixelEncoder's features for a pixel family,
+        else the observations themselves."""
+        return obs if self.pixels is None else self.pixels(obs)
+
+    def posterior(self, context: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """q(z | c), Eq. 2, of context rows (..., N, ctx_dim) = (s, a, r[, s']), their observations as `features`."""
+        if self.pixels is None:
+            return self.encoder(context)
+        o, a = self.obs_dim, self.obs_dim + self.act_dim + 1
+        next_obs = [self.features(context[..., a:])] if context.shape[-1] > a else []
+        return self.encoder(torch.cat([self.features(context[..., :o]), context[..., o:a], *next_obs], -1))
+
 
 def make_optimizers(agent: PEARL, lr: float) -> dict[str, torch.optim.Optimizer]:
     """Separate Adams as the authors' code (one for both Q nets: Adam is per-parameter, so this equals two).
-    fused=True: one kernel per optimizer step instead of a dozen passes over the parameters."""
+    fused=True: one kernel per optimizer step instead of a dozen passes over the parameters. A PixelEncoder steps
+    with the context encoder: both learn from Eq. 3 and the KL only (as SAC-AE's encoder, from the critic's loss)."""
     kw = dict(lr=lr, fused=True)
+    pixels = [] if agent.pixels is None else list(agent.pixels.parameters())
     return {"qf": torch.optim.Adam([*agent.qf1.parameters(), *agent.qf2.parameters()], **kw),
-            "encoder": torch.optim.Adam(agent.encoder.parameters(), **kw),
+            "encoder": torch.optim.Adam([*agent.encoder.parameters(), *pixels], **kw),
             "vf": torch.optim.Adam(agent.vf.parameters(), **kw),
             "policy": torch.optim.Adam(agent.policy.parameters(), **kw)}
 
@@ -267,24 +316,35 @@ class TaskReplayBuffers:
     """One FIFO buffer of `capacity` transitions per train task. A row packs a transition as
     [obs, act, reward, next_obs, done] (float32), so the encoder's context (s, a, r[, s']) is a prefix of the row.
     Whole trajectories go in (`add_trajectory`), random transitions of many tasks come out (`sample`). Each task's
-    array grows with what it holds (doubling, up to the capacity), so memory follows the data, not the capacity:
+    arrays grow with what they hold (doubling, up to the capacity), so memory follows the data, not the capacity:
     the authors' 1e6 per task is affordable, and no large array is preallocated (numpy asks the kernel for 2 MB
-    transparent huge pages on arrays of 4 MB and more, and each task's first rows would fault one in)."""
+    transparent huge pages on arrays of 4 MB and more, and each task's first rows would fault one in). Images (the
+    last image_size entries of obs and of next_obs, values k/255) are kept as the bytes k, the other columns as
+    float32: a 64 x 64 pixel transition takes 24.6 kB instead of 98 kB, and comes out of `sample` bit for bit."""
 
-    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, act_dim: int):
-        self.capacity, self.width = capacity, 2 * obs_dim + act_dim + 2
-        self.data = [np.zeros((0, self.width), np.float32) for _ in range(n_tasks)]
+    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, act_dim: int, image_size: int = 0):
+        self.capacity, self.width, self.image_size = capacity, 2 * obs_dim + act_dim + 2, image_size
+        self.image_at = (obs_dim - image_size, self.width - 1 - image_size)  # first columns of obs's, next_obs's image
+        image = np.zeros(self.width, bool)
+        for start in self.image_at:
+            image[start:start + image_size] = True
+        self.floats, self.pixels = np.flatnonzero(~image), np.flatnonzero(image)  # column indices
+        self.data = [np.zeros((0, len(self.floats)), np.float32) for _ in range(n_tasks)]
+        self.images = [np.zeros((0, len(self.pixels)), np.uint8) for _ in range(n_tasks)]
         self.size = np.zeros(n_tasks, np.int64)
         self.ptr = np.zeros(n_tasks, np.int64)
 
     def add_trajectory(self, task: int, rows: np.ndarray) -> None:
         held = min(self.size[task] + len(rows), self.capacity)
-        if held > len(self.data[task]):  # not full yet, so rows 0..size-1 are the data: copy them to a larger array
-            grown = np.empty((min(max(held, 2 * len(self.data[task]), 1024), self.capacity), self.width), np.float32)
-            grown[: self.size[task]] = self.data[task][: self.size[task]]
-            self.data[task] = grown
+        if held > len(self.data[task]):  # not full yet, so rows 0..size-1 are the data: copy them to larger arrays
+            n = min(max(held, 2 * len(self.data[task]), 1024), self.capacity)
+            for arrays in (self.data, self.images):
+                grown = np.empty((n, arrays[task].shape[1]), arrays[task].dtype)
+                grown[: self.size[task]] = arrays[task][: self.size[task]]
+                arrays[task] = grown
         idx = (self.ptr[task] + np.arange(len(rows))) % self.capacity
-        self.data[task][idx] = rows
+        self.data[task][idx] = rows[:, self.floats]
+        self.images[task][idx] = np.rint(rows[:, self.pixels] * 255)
         self.ptr[task] = (self.ptr[task] + len(rows)) % self.capacity
         self.size[task] = held
 
@@ -294,15 +354,26 @@ class TaskReplayBuffers:
     def sample(self, tasks: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """(len(tasks), n, width): n transitions drawn uniformly with replacement from each task's buffer."""
         idx = rng.integers(0, self.size[tasks][:, None], size=(len(tasks), n))
-        return np.stack([self.data[t][i] for t, i in zip(tasks, idx)])
+        floats = np.stack([self.data[t][i] for t, i in zip(tasks, idx)])
+        if not self.image_size:
+            return floats  # all of the row
+        images, size = np.stack([self.images[t][i] for t, i in zip(tasks, idx)]), self.image_size
+        rows = np.empty((len(tasks), n, self.width), np.float32)
+        rows[..., self.floats] = floats
+        for k, start in enumerate(self.image_at):  # k / 255 as the env computes it (slices: 10x faster than indices)
+            np.divide(images[..., k * size:(k + 1) * size], np.float32(255), out=rows[..., start:start + size])
+        return rows
 
     def state_dict(self) -> dict:
         return {"rows": [self.data[t][: self.size[t]].copy() for t in range(len(self.size))],
+                "images": [self.images[t][: self.size[t]].copy() for t in range(len(self.size))],
                 "size": self.size.copy(), "ptr": self.ptr.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.size[:], self.ptr[:] = state["size"], state["ptr"]
-        self.data = [np.array(rows, np.float32).reshape(-1, self.width) for rows in state["rows"]]
+        self.data = [np.array(rows, np.float32).reshape(-1, len(self.floats)) for rows in state["rows"]]
+        images = state.get("images") or [np.zeros((len(rows), 0)) for rows in self.data]  # older checkpoints: none
+        self.images = [np.array(x, np.uint8).reshape(len(rows), len(self.pixels)) for rows, x in zip(self.data, images)]
 
 
 def pack(traj: dict, reward: np.ndarray) -> np.ndarray:
@@ -340,7 +411,7 @@ def rollout(env, agent: PEARL, z: torch.Tensor, device, *, deterministic: bool, 
     steps, frames, success = [], [], False
     while True:
         s = torch.as_tensor(obs, device=device)[None]
-        a = agent.policy.act(s, z, deterministic=deterministic)[0].cpu().numpy()
+        a = agent.policy.act(agent.features(s), z, deterministic=deterministic)[0].cpu().numpy()
         next_obs, r, term, trunc, info = env.step(a)
         steps.append((obs, a, r, next_obs, term))
         success = success or bool(info.get("success", False))
@@ -357,7 +428,7 @@ def rollout(env, agent: PEARL, z: torch.Tensor, device, *, deterministic: bool, 
 @torch.inference_mode()
 def infer_posterior(agent: PEARL, context: np.ndarray, ctx_dim: int, device) -> torch.Tensor:
     """z ~ q(z | c) for one task from buffer rows (N, width): the first ctx_dim columns are (s, a, r[, s'])."""
-    mu, var = agent.encoder(torch.as_tensor(context[None, :, :ctx_dim], device=device))
+    mu, var = agent.posterior(torch.as_tensor(context[None, :, :ctx_dim], device=device))
     return sample_z(mu, var)
 
 
@@ -408,8 +479,9 @@ def collect_for_task(env, agent, task_idx, task, rl_buf, enc_buf, args, ctx_dim,
 # ---------------------------------------------------------------------------------------------- Alg. 1: gradient step
 def critic_and_encoder_loss(agent: PEARL, obs, act, rew, next_obs, done, context, args: Args):
     """Eq. 3 (Q loss, the only loss besides the KL that reaches the encoder) + Eq. 1's kl_lambda * KL summed over
-    the meta-batch. RL inputs are (tasks * batch, .) rows, task-major; the context is (tasks, embedding batch, .)."""
-    mu, var = agent.encoder(context)
+    the meta-batch. RL inputs are (tasks * batch, .) rows, task-major, obs and next_obs as the networks read them
+    (PEARL.features); the context is (tasks, embedding batch, .) buffer rows."""
+    mu, var = agent.posterior(context)
     z = sample_z(mu, var).repeat_interleave(obs.shape[0] // mu.shape[0], 0)  # one z per task, for all its rows
     s_a_z = torch.cat([obs, act, z], -1)
     q1, q2 = agent.qf1(s_a_z).float(), agent.qf2(s_a_z).float()
@@ -450,6 +522,9 @@ def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torc
                                      batch[:, -1:])
     autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=args.bf16)
     with autocast:
+        obs = agent.features(obs)  # a PixelEncoder's features: once per step, trained by Eq. 3 and the KL only
+        with torch.no_grad():
+            next_obs = agent.features(next_obs)  # (no target encoder: the target V reads the online one, as DrQ-v2)
         qf_loss, kl_loss, z, stats = critic_and_encoder_loss(agent, obs, act, rew, next_obs, done, context, args)
     for k in ("qf", "encoder"):
         optims[k].zero_grad(set_to_none=True)
@@ -457,7 +532,7 @@ def gradient_step(agent: PEARL, optims: dict, batch: torch.Tensor, context: torc
     optims["qf"].step(), optims["encoder"].step()
 
     with autocast:
-        vf_loss, policy_loss, stats2 = actor_and_value_loss(agent, obs, z, args)
+        vf_loss, policy_loss, stats2 = actor_and_value_loss(agent, obs.detach(), z, args)  # features as read above
     for k in ("vf", "policy"):
         optims[k].zero_grad(set_to_none=True)
     (vf_loss + policy_loss).backward()  # disjoint parameters: one backward = the authors' two
@@ -717,6 +792,9 @@ def check_args(args: Args) -> tuple[Args, envs.TaskEnv, envs.TaskEnv]:
                              **({"render_mode": "rgb_array"} if args.capture_video else {}))
     except ValueError as e:
         fail(f"--capture-video: {e}" if args.capture_video else f"--env {args.env}: {e}")
+    if getattr(env, "renders_observations", False) and envs.NO_OPENGL:
+        fail(f"--env {args.env}: its observations are rendered images, which need OpenGL: apt-get install libosmesa6, "
+             "or set MUJOCO_GL=egl")
     args = resolve_args(args, env)
     for name in ("num_iterations", "meta_batch", "num_initial_steps", "num_tasks_sample", "num_train_steps_per_itr",
                  "batch_size", "embedding_batch_size", "num_evals", "num_steps_per_eval", "num_exp_traj_eval",
@@ -958,11 +1036,13 @@ if __name__ == "__main__":
 
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         ctx_dim = obs_dim + act_dim + 1 + (obs_dim if args.use_next_obs_in_context else 0)
+        image_shape = env.image_shape if getattr(env, "renders_observations", False) else None  # a pixel family
+        image_size = int(np.prod(image_shape)) if image_shape else 0
         train_tasks, test_tasks = env.train_tasks[: args.num_train_tasks], env.test_tasks
-        agent = PEARL(obs_dim, act_dim, ctx_dim, args).to(device)
+        agent = PEARL(obs_dim, act_dim, ctx_dim, args, image_shape).to(device)
         optims = make_optimizers(agent, args.learning_rate)
-        rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
-        enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim)
+        rl_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim, image_size)
+        enc_buf = TaskReplayBuffers(len(train_tasks), args.replay_buffer_size, obs_dim, act_dim, image_size)
         start_iter, env_steps, wall_offset = 0, 0, 0.0
         if checkpoint is not None:
             agent.load_state_dict(checkpoint["agent"])

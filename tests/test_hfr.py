@@ -422,3 +422,96 @@ def test_humanoid_dir_takes_the_pearl_authors_config():
     args = hfr.resolve_args(hfr.Args(env="humanoid-dir"), envs.make("humanoid-dir"))
     assert (args.num_train_steps_per_itr, args.num_evals, args.num_exp_traj_eval, args.embedding_batch_size,
             args.num_extra_rl_steps_posterior, args.meta_batch, args.num_train_tasks) == (4000, 1, 2, 256, 600, 16, 100)
+
+
+# ---------------------------------------------------------------------------------------------- pixel observations
+needs_gl = pytest.mark.skipif(envs.NO_OPENGL, reason="no offscreen OpenGL here; apt-get install libosmesa6 "
+                                                     "or set MUJOCO_GL=egl")
+# visual-reacher with 2 test tasks and horizon 10, so that a run renders a few hundred frames
+SMALL_VISUAL_REACHER = ("import envs, runpy, sys; make = envs.make; "
+                        "envs.make = lambda name, **kw: make(name, **kw, n_test_tasks=2, horizon=10); "
+                        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def pixel_obs(n, seed=0):
+    """n visual-reacher observations: the fingertip, then a channel-first 64 x 64 image of values k / 255."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (n, 3 * 64 * 64), dtype=np.uint8) / np.float32(255)
+    return np.concatenate([rng.uniform(-0.2, 0.2, (n, 2)).astype(np.float32), image], 1)
+
+
+@pytest.mark.parametrize("relabel", ["hfr", "hipi"])
+def test_pixel_relabeling_rewards_read_the_state_and_the_networks_only_the_image(relabel):
+    env = envs.make("visual-reacher", seed=0)  # builds without OpenGL; only reset and step render
+    args = hfr.resolve_args(hfr.Args(env="visual-reacher", relabel=relabel, num_train_tasks=3, net_size=8,
+                                     encoder_size=8, embedding_batch_size=4, utility_batch_size=5,
+                                     replay_buffer_size=1000, relabel_prob=1.0), env)
+    obs_dim, act_dim, K, image_size = env.observation_space.shape[0], 2, 3, 3 * 64 * 64
+    ctx_dim = obs_dim + act_dim + 1
+    torch.manual_seed(0)
+    agent = hfr.PEARL(obs_dim, act_dim, ctx_dim, args, env.image_shape)
+    rl_buf, enc_buf = (hfr.TaskReplayBuffers(K, 1000, obs_dim, act_dim, image_size) for _ in range(2))
+    rel = hfr.Relabeler(env, agent, env.train_tasks[:K], rl_buf, enc_buf, args, obs_dim, act_dim, ctx_dim, "cpu")
+    assert rel.orig_buf.image_size == rel.start_buf.image_size == image_size  # uint8 images there too
+
+    def reaching(j, seed):  # the fingertip moves in a line onto task j's goal
+        obs = pixel_obs(11, seed)
+        obs[:, :2] = np.linspace(0.0, 1.0, 11)[:, None] * rel.tasks[j]
+        traj = {"obs": obs[:-1], "act": np.zeros((10, 2), np.float32), "next_obs": obs[1:]}
+        traj["rew"], traj["critic_rew"], traj["done"] = hfr.trajectory_rewards(env, traj, rel.tasks[j], args)
+        return traj
+
+    rng = np.random.default_rng(0)
+    for j in range(K):  # data of every task: start states (HFR), encoder buffers (HIPI)
+        rel.store([reaching(j, j)], j, rng, add_to_encoder=True, may_relabel=False)
+    rel.end_collection()
+    held = rel.rl_buf.size.copy()
+    trajs = [reaching(2, 10 + i) for i in range(4)]
+    rel.store(trajs, 0, rng, add_to_encoder=True, may_relabel=True)
+    assert rel.rl_buf.size.sum() == held.sum() + 40 and rel.pop_stats()["relabel/fraction_relabeled"] == 1.0
+    images = np.rint(np.concatenate([t["obs"] for t in trajs])[:, 2:] * 255).astype(np.uint8)
+    for j in range(K):  # every relabeled transition: env.evaluate of its full observation under its new task
+        data, image = rel.rl_buf.data[j][held[j]: rel.rl_buf.size[j]], rel.rl_buf.images[j][held[j]: rel.rl_buf.size[j]]
+        r, d = env.evaluate(np.pad(data[:, :2], ((0, 0), (0, image_size))), data[:, 2:4],
+                            np.pad(data[:, 5:7], ((0, 0), (0, image_size))), rel.tasks[j])
+        np.testing.assert_array_equal(data[:, 4], r)
+        np.testing.assert_array_equal(data[:, -1], d)
+        assert all((row == images).all(1).any() for row in image[:, :image_size])  # the images, byte for byte
+    context = torch.from_numpy(hfr.pack(trajs[0], trajs[0]["rew"])[None, :, :ctx_dim])
+    start = torch.from_numpy(pixel_obs(5, seed=20))[None]
+    moved_context, moved_start = context.clone(), start.clone()
+    moved_context[..., :2] += 1.0
+    moved_start[..., :2] -= 1.0
+    u = []
+    for c, s in ((context, start), (moved_context, moved_start)):
+        torch.manual_seed(1)
+        u.append(hfr.utility(agent, c, s))
+    assert torch.equal(*u)  # Eq. 9 sees no state number
+
+
+def test_learned_reward_is_refused_on_a_pixel_family(monkeypatch, capsys):
+    monkeypatch.setattr(envs, "NO_OPENGL", False)  # the check needs no rendering
+    with pytest.raises(SystemExit) as e:
+        hfr.parse_command_line(["--env", "visual-reacher", "--learned-reward"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --learned-reward True: "), err
+
+
+@needs_gl
+def test_end_to_end_on_visual_reacher(tmp_path):
+    d = str(tmp_path / "pixels")
+    argv = ["--env", "visual-reacher", "--num-train-tasks", "2", "--meta-batch", "2", "--num-initial-steps", "20",
+            "--num-tasks-sample", "2", "--num-steps-prior", "10", "--num-steps-posterior", "10",
+            "--num-extra-rl-steps-posterior", "0", "--num-train-steps-per-itr", "2", "--batch-size", "4",
+            "--embedding-batch-size", "4", "--net-size", "16", "--encoder-size", "16", "--utility-batch-size", "4",
+            "--log-partition-samples", "2", "--num-evals", "1", "--num-steps-per-eval", "20", "--num-exp-traj-eval",
+            "1", "--num-iterations", "1", "--relabel-prob", "1", "--no-cuda", "--run-dir", d]
+    p = subprocess.run([sys.executable, "-c", SMALL_VISUAL_REACHER, "hfr.py", *argv], cwd=ROOT, capture_output=True,
+                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    last = read_jsonl(os.path.join(d, "eval.jsonl"))[-1]
+    assert np.isfinite(last["eval/return"]) and last["relabel/fraction_relabeled"] == 1.0
+    assert np.isfinite(last["relabel/log_z_mean"]) and last["relabel/log_z_mean"] != 0.0  # Eq. 9 ran on pixels
+    ckpt = hfr.load_checkpoint(d)
+    for buffer in (ckpt["rl_buffer"], ckpt["relabeler"]["orig_buf"], ckpt["relabeler"]["start_buf"]):
+        assert all(x.dtype == np.uint8 and x.shape[1] == 2 * 3 * 64 * 64 for x in buffer["images"])

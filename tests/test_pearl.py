@@ -561,3 +561,138 @@ def test_learns_on_point_robot(tmp_path):
     run(*LEARN, "--run-dir", d)
     before, after = untrained_return(pearl, LEARN), evals(d)[-1]["eval/return"]
     assert after > before + 2.5, (before, after)  # untrained: about -20.6 (standing still); trained: about -16
+
+
+# ------------------------------------------------------------------------------------ pixel observations
+needs_gl = pytest.mark.skipif(envs.NO_OPENGL, reason="no offscreen OpenGL here; apt-get install libosmesa6 "
+                                                     "or set MUJOCO_GL=egl")
+# visual-reacher with 2 test tasks and horizon 10, so that a run renders a few hundred frames
+SMALL_VISUAL_REACHER = ("import envs, runpy, sys; make = envs.make; "
+                        "envs.make = lambda name, **kw: make(name, **kw, n_test_tasks=2, horizon=10); "
+                        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+PIXEL_TINY = ["--env", "visual-reacher", "--num-train-tasks", "2", "--meta-batch", "2", "--num-initial-steps", "20",
+              "--num-tasks-sample", "1", "--num-steps-prior", "10", "--num-steps-posterior", "10",
+              "--num-extra-rl-steps-posterior", "10", "--num-train-steps-per-itr", "2", "--batch-size", "4",
+              "--embedding-batch-size", "4", "--net-size", "16", "--encoder-size", "16", "--num-evals", "1",
+              "--num-steps-per-eval", "20", "--num-exp-traj-eval", "1", "--num-iterations", "1", "--no-cuda"]
+
+
+def pixel_obs(n, state_dim=2, image_shape=(3, 64, 64), seed=0):
+    """n observations as visual-reacher writes them: the state, then a channel-first image of values k / 255."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (n, int(np.prod(image_shape))), dtype=np.uint8) / np.float32(255)
+    return np.concatenate([rng.uniform(-0.2, 0.2, (n, state_dim)).astype(np.float32), image], 1)
+
+
+def pixel_agent(module, next_obs_in_context=False):
+    env = envs.make("visual-reacher")  # builds without OpenGL; only reset and step render
+    args = module.resolve_args(module.Args(env="visual-reacher", net_size=16, encoder_size=16,
+                                           use_next_obs_in_context=next_obs_in_context), env)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    ctx_dim = obs_dim + act_dim + 1 + (obs_dim if next_obs_in_context else 0)
+    torch.manual_seed(0)
+    return module.PEARL(obs_dim, act_dim, ctx_dim, args, env.image_shape), args, obs_dim, act_dim, ctx_dim
+
+
+@pytest.mark.parametrize("next_obs_in_context", [False, True])
+def test_pixel_networks_read_conv_features_and_never_the_state(next_obs_in_context):
+    agent, args, obs_dim, act_dim, ctx_dim = pixel_agent(pearl, next_obs_in_context)
+    assert obs_dim == 2 + 3 * 64 * 64 and agent.pixels.convs(torch.zeros(1, 3, 64, 64)).shape == (1, 32 * 25 * 25)
+    L, f = args.latent_size, agent.pixels.out_dim  # f = 50 features per observation
+    assert agent.policy.net[0].in_features == f + L and agent.qf1.net[0].in_features == f + act_dim + L
+    assert agent.vf.net[0].in_features == f + L
+    assert agent.encoder.net[0].in_features == f + act_dim + 1 + (f if next_obs_in_context else 0)
+    obs = torch.from_numpy(pixel_obs(6))
+    assert agent.features(obs).shape == (6, f) and agent.features(obs.reshape(2, 3, -1)).shape == (2, 3, f)
+    rows = torch.from_numpy(pearl.pack({"obs": obs.numpy(), "act": np.ones((6, act_dim), np.float32),
+                                        "next_obs": pixel_obs(6, seed=1), "done": np.zeros(6)}, np.ones(6)))
+    context, z = rows[None, :, :ctx_dim], torch.randn(6, L)
+    moved, other_image = obs.clone(), obs.clone()  # the state perturbed; the image perturbed
+    moved[:, :2] += 1.0
+    other_image[:, 2:] = torch.from_numpy(pixel_obs(6, seed=2)[:, 2:])
+    moved_context = context.clone()
+    moved_context[..., :2] += 1.0
+    if next_obs_in_context:
+        moved_context[..., obs_dim + act_dim + 1:][..., :2] -= 1.0
+    act = rows[:, obs_dim:obs_dim + act_dim]
+
+    @torch.no_grad()
+    def seen(o, c):  # what the policy does, what Q says and the posterior mean
+        s = agent.features(o)
+        return agent.policy.act(s, z, deterministic=True), agent.qf1(torch.cat([s, act, z], -1)), agent.posterior(c)[0]
+
+    base, perturbed, changed = seen(obs, context), seen(moved, moved_context), seen(other_image, context)
+    for a, b in zip(base, perturbed):
+        assert torch.equal(a, b)  # bit for bit: the state numbers reach no network
+    assert not torch.equal(base[0], changed[0]) and not torch.equal(base[1], changed[1])  # the image does
+
+
+def test_pixel_encoder_learns_from_the_q_loss_and_kl_only():
+    agent, args, obs_dim, act_dim, ctx_dim = pixel_agent(pearl)
+    T, B = 2, 3
+    obs, nobs = torch.from_numpy(pixel_obs(T * B)), torch.from_numpy(pixel_obs(T * B, seed=1))
+    act, rew, done = torch.rand(T * B, act_dim) * 2 - 1, torch.randn(T * B, 1), torch.zeros(T * B, 1)
+    context = torch.from_numpy(pearl.pack({"obs": pixel_obs(T * 4, seed=2), "act": np.zeros((T * 4, act_dim)),
+                                           "next_obs": pixel_obs(T * 4, seed=3), "done": np.zeros(T * 4)},
+                                          np.ones(T * 4))[:, :ctx_dim]).reshape(T, 4, ctx_dim)
+    s = agent.features(obs)
+    qf_loss, kl_loss, z, _ = pearl.critic_and_encoder_loss(agent, s, act, rew, agent.features(nobs).detach(), done,
+                                                           context, args)
+    vf_loss, policy_loss, _ = pearl.actor_and_value_loss(agent, s.detach(), z, args)
+    (vf_loss + policy_loss).backward()
+    assert all(p.grad is None for p in agent.pixels.parameters()), "policy / V loss reached the conv encoder"
+    (qf_loss + kl_loss).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.pixels.parameters())
+    optims = pearl.make_optimizers(agent, 3e-4)  # the conv encoder steps with the context encoder, once
+    assert {id(p) for p in agent.pixels.parameters()} <= {id(p) for g in optims["encoder"].param_groups
+                                                          for p in g["params"]}
+    assert not any(id(p) == id(q) for k in ("qf", "vf", "policy") for g in optims[k].param_groups
+                   for p in g["params"] for q in agent.pixels.parameters())
+    batch = torch.from_numpy(pearl.pack({"obs": obs.numpy(), "act": act.numpy(), "next_obs": nobs.numpy(),
+                                         "done": np.zeros(T * B)}, rew[:, 0].numpy())).reshape(T, B, -1)
+    losses = pearl.gradient_step(agent, optims, batch, context, args, obs_dim, act_dim)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_images_are_stored_as_uint8_and_sampled_back_bit_for_bit():
+    obs_dim, act_dim, image_size = 2 + 3 * 16 * 16, 2, 3 * 16 * 16
+    buf = pearl.TaskReplayBuffers(2, 50, obs_dim, act_dim, image_size)
+    rows = pearl.pack({"obs": pixel_obs(30, image_shape=(3, 16, 16)), "act": np.full((30, 2), 0.3, np.float32),
+                       "next_obs": pixel_obs(30, image_shape=(3, 16, 16), seed=1), "done": np.zeros(30)},
+                      np.linspace(-1, 0, 30))
+    buf.add_trajectory(1, rows)
+    assert buf.images[1].dtype == np.uint8 and buf.images[1].shape[1] == 2 * image_size
+    assert buf.data[1].dtype == np.float32 and buf.data[1].shape[1] == 2 * 2 + act_dim + 2  # states, a, r, done
+    stored = (buf.images[1].nbytes + buf.data[1].nbytes) / len(buf.data[1])
+    assert stored < rows.nbytes / len(rows) / 3.9  # bytes per transition: ~4x less than float32 rows
+    out = buf.sample(np.array([1, 1]), 200, np.random.default_rng(0))
+    seen = {r.tobytes() for r in rows}
+    assert out.dtype == np.float32 and all(r.tobytes() in seen for r in out.reshape(-1, buf.width))  # exact rows
+    again = pearl.TaskReplayBuffers(2, 50, obs_dim, act_dim, image_size)
+    again.load_state_dict(buf.state_dict())
+    np.testing.assert_array_equal(again.sample(np.array([1]), 30, np.random.default_rng(1)),
+                                  buf.sample(np.array([1]), 30, np.random.default_rng(1)))
+
+
+def test_a_pixel_family_without_opengl_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setattr(envs, "NO_OPENGL", True)
+    with pytest.raises(SystemExit) as e:
+        pearl.parse_command_line(["--env", "visual-reacher"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --env visual-reacher: ") \
+        and "OpenGL" in err[0], err
+
+
+@needs_gl
+def test_end_to_end_on_visual_reacher(tmp_path):
+    d = str(tmp_path / "pixels")
+    p = subprocess.run([sys.executable, "-c", SMALL_VISUAL_REACHER, "pearl.py", *PIXEL_TINY, "--run-dir", d],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    e = evals(d)[0]
+    assert np.isfinite(e["eval/return"]) and np.isfinite(e["losses/qf_loss"]) and "eval/success_rate" in e
+    buffer = pearl.load_checkpoint(d)["rl_buffer"]
+    n = int(buffer["size"].sum())
+    assert n >= 70 and sum(len(x) for x in buffer["images"]) == n  # 2 x 20 initial + 30 collected, whole episodes
+    assert all(x.dtype == np.uint8 and x.shape[1] == 2 * 3 * 64 * 64 for x in buffer["images"])
+    assert all(x.shape[1] == 8 for x in buffer["rows"])  # fingertip, action, reward, next fingertip, done

@@ -24,9 +24,8 @@ HFR: for half of the collection calls (never the initial data) each trajectory i
 reward (env.evaluate), scored by how well the policy adapted on it would do on each task (Eq. 9, one batched pass),
 and stored, with the rewards and terminals of the task drawn from Eq. 8, in THAT task's buffers instead of its own.
 Baselines: --relabel hipi (per transition, Q - log Z, HIPI), random (a uniform task per trajectory), none (PEARL).
-Pixel families (env.renders_observations: visual-reacher) need no flag: a conv encoder turns each observation's image
-into the features that the context encoder, policy and critics read; the state numbers leading the observation
-(what the reward reads) reach only env.evaluate, and the buffers keep the images as uint8.
+Pixel families (env.renders_observations: visual-reacher) need no flag: a conv encoder gives every network features of
+each observation's image; the state numbers before it (what the reward reads) reach only env.evaluate; images: uint8.
 
 Reproduce the paper's Four-Corners comparison (Fig. 2; the authors' config, a meta-batch of 8 from the 4 tasks):
     for r in hfr hipi random none; do python hfr.py --env four-corners --relabel $r; done
@@ -123,11 +122,9 @@ class Args:
     use_next_obs_in_context: Optional[bool] = None
     """context transitions are (s, a, r, s') instead of (s, a, r) (default: True for dynamics families)"""
     critic_dense_reward: Optional[bool] = None
-    """critic on info['dense_reward'] (env.evaluate_dense), encoder on the env reward: PEARL's sparse-point-robot
-    recipe (default there); False = the env reward everywhere (HFR's convention)"""
+    """critic on the dense reward (env.evaluate_dense), encoder on the env's: PEARL's sparse-point-robot recipe"""
     reward_delay: int = 1
-    """pay rewards as their sum every N steps and at the episode end (envs.DelayedReward, MCAT's delayed-reward
-    setting); 1 = every step. Encoder and critic both see only the delayed rewards"""
+    """pay rewards as their sum every N steps and at the episode end (MCAT's delayed rewards, envs.DelayedReward)"""
     use_information_bottleneck: bool = True
     """probabilistic z (product of Gaussians + KL); False: z = mean of deterministic encoder outputs"""
     latent_size: int = 5

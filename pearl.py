@@ -15,9 +15,8 @@ conditioned on z. Meta-training (Alg. 1) collects data per task with z from the 
 keeps an RL buffer and an encoder buffer per task, and takes gradient steps on a meta-batch of tasks as one
 batched (tasks, batch, .) computation. Meta-test (Alg. 2): explore with z from the prior, then act with the
 posterior inferred from the context gathered online (the protocol of the authors' code).
-Pixel families (env.renders_observations: visual-reacher) need no flag: a conv encoder turns each observation's image
-into the features that the context encoder, policy and critics read; the state numbers leading the observation
-(what the reward reads) reach only env.evaluate, and the buffers keep the images as uint8.
+Pixel families (env.renders_observations: visual-reacher) need no flag: a conv encoder gives every network features of
+each observation's image; the state numbers before it (what the reward reads) reach only env.evaluate; images: uint8.
 
 Reproduce the paper's PEARL curve on cheetah-vel (paper size; `--help` says what it costs):
     python pearl.py --env cheetah-vel
@@ -114,11 +113,9 @@ class Args:
     use_next_obs_in_context: Optional[bool] = None
     """context transitions are (s, a, r, s') instead of (s, a, r) (default: True for dynamics families)"""
     critic_dense_reward: Optional[bool] = None
-    """critic on info['dense_reward'] (env.evaluate_dense), encoder on the env reward: PEARL's sparse-point-robot
-    recipe (default there); False = the env reward everywhere (HFR's convention)"""
+    """critic on the dense reward (env.evaluate_dense), encoder on the env's: PEARL's sparse-point-robot recipe"""
     reward_delay: int = 1
-    """pay rewards as their sum every N steps and at the episode end (envs.DelayedReward, MCAT's delayed-reward
-    setting); 1 = every step. Encoder and critic both see only the delayed rewards"""
+    """pay rewards as their sum every N steps and at the episode end (MCAT's delayed rewards, envs.DelayedReward)"""
     use_information_bottleneck: bool = True
     """probabilistic z (product of Gaussians + KL); False: z = mean of deterministic encoder outputs"""
     latent_size: int = 5

@@ -1,20 +1,15 @@
-"""MCAT: Meta-RL with a Context-conditioned Action Translator (Guo, Wu, Lee, AAAI 2022).
-
-"Learning Action Translator for Meta Reinforcement Learning on Sparse-Reward Tasks". Equation numbers are the
-paper's: Eq. 1 the forward-model loss L_forw, Eq. 2 the contrastive loss L_cont, Eq. 3 the translator loss
-L_trans; §3.4 combines them with context-conditioned TD3 and policy transfer (Fig. 2e); §5.2 adds delayed
-rewards and self-imitation learning (SIL, Oh et al. 2018, arXiv:1806.05635; their equation numbers).
-
-Meta mode (Tables 2-4): tasks differ in their dynamics, rewards are paid as a sum every `reward_delay` steps.
-Each iteration collects one episode on every train task in lockstep, then trains alternately (Fig. 2):
-(a, b) context encoder C (last K transitions -> z_t) and forward model F with Eq. 1 + Eq. 2, then the task
-features z^(i) (§3.2); (c) with C, F frozen, the action translator H(s, a, z_src, z_tgt) with Eq. 3; (d) with C
-frozen, TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) collection on task i acts with pi(s, z_t) or, when it earned
-more there recently, with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Evaluation runs pi on unseen
-test tasks, z_t inferred online. Transfer mode (Table 1): a TD3 source policy on one task, fixed data on source
-and target (ours: that policy plus noise; --transfer-recipe authors: 100k transitions from each task's own mediocre
-TD3 policy, C/F on the target only), C/F then H fit on it; source policy vs H(s, pi(s), z_src, z_tgt) on the target.
-    python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]   # MCAT [w/o PT] (Tables 2-4)
+"""MCAT: "Learning Action Translator for Meta Reinforcement Learning on Sparse-Reward Tasks" (Guo, Wu, Lee, AAAI
+2022). The paper's Eq. 1 (forward-model loss L_forw), Eq. 2 (contrastive loss L_cont), Eq. 3 (translator loss
+L_trans); §3.4 context-conditioned TD3 with policy transfer (Fig. 2e); §5.2 delayed rewards and self-imitation
+learning (SIL, Oh et al. 2018, arXiv:1806.05635, their equation numbers).
+Meta mode (Tables 2-4; rewards paid as a sum every `reward_delay` steps), per iteration one episode on every
+train task, then (Fig. 2): (a, b) context encoder C (last K transitions -> z_t) and forward model F by Eq. 1 +
+Eq. 2, then the task features z^(i) (§3.2); (c) C, F frozen, the action translator H(s, a, z_src, z_tgt) by
+Eq. 3; (d) C frozen, TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) task i is collected with pi(s, z_t) or, when it
+earned more there recently, with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Test tasks: pi, z_t
+inferred online. Transfer mode (Table 1): a TD3 source policy, fixed data on source and target (ours: it plus
+noise; --transfer-recipe authors: each task's own mediocre TD3 policy), C/F and H fit on it; pi vs H on the target.
+    python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]       # MCAT [w/o PT] (Tables 2-4)
     python mcat.py --env cheetah-armature --mode transfer [--transfer-recipe authors]   # Table 1
 Reduced settings for a 2-core CPU: benchmarks/mcat.md; choices the paper leaves open: docs/mcat.md.
 """
@@ -64,7 +59,6 @@ class Args:
     """checkpoint.pt (or its run directory) to continue from; the run's arguments come from the checkpoint"""
     run_dir: Optional[str] = None
     """output folder (default runs/{env}__{exp_name}__{seed}__{time})"""
-
     mode: Literal["meta", "transfer"] = "meta"
     """meta: MCAT meta-training (Tables 2-4); transfer: one source->target pair from fixed data (Table 1)"""
     reward_delay: Optional[int] = None
@@ -102,9 +96,8 @@ class Args:
     """weight of Eq. 2 beside Eq. 1"""
     task_feature_batch: int = 256
     """contexts averaged into each task feature z^(i)"""
-    # action translator H (§3.3)
     translator_lr: float = 3e-4
-    """Adam learning rate of H"""
+    """Adam learning rate of the action translator H (§3.3)"""
     translator_batch_size: int = 256
     """source transitions per H update"""
     translator_updates: int = 500
@@ -144,10 +137,8 @@ class Args:
     """prioritization exponent of SIL's sample, P(i) ~ (R - V)_+^alpha (Oh et al.)"""
     sil_beta: float = 0.1
     """importance-weight exponent of SIL's prioritized sample (Oh et al.'s MuJoCo value)"""
-    # policy transfer (§3.4)
     transfer_window: int = 10
-    """recent episodes per task over which own / transferred returns are averaged"""
-    # evaluation
+    """policy transfer (§3.4): recent episodes per task over which own / transferred returns are averaged"""
     eval_every: int = 1
     """iterations between evaluations"""
     eval_episodes: int = 1

@@ -116,13 +116,11 @@ class AntDirOOD(AntDir):
         return rng.uniform(0.0, 1.5 * np.pi, (n, 1))
 
 
-class AntDirSparse(AntDir):
-    """GH sparse direction: speed paid only while moving within 15 degrees of the task direction."""
+class GHDirectionTasks:
+    """Generalized Hindsight's direction tasks (ant-dir-sparse, humanoid-dir-sparse): a direction t ~ U(-pi, pi),
+    speed paid only while moving within 15 degrees of it; 100 train directions from the prior, GH's 25 evenly
+    spaced evaluation directions."""
 
-    name = "ant-dir-sparse"
-    source = ("Generalized Hindsight (Li et al. 2020), alexlioralexli/generalized-hindsight "
-              "AntDirectionRelabelerNewSparse")
-    default_horizon = 1000
     cos_cone = np.cos(np.deg2rad(15.0))
 
     def _task_lists(self):
@@ -133,13 +131,26 @@ class AntDirSparse(AntDir):
     def sample_tasks(self, n, rng):
         return rng.uniform(-np.pi, np.pi, (n, 1))
 
-    def _reward(self, obs, a, next_obs, task):
+    def speed_in_cone(self, obs, next_obs, task):
+        """|v| in the xy plane where cos(angle(v, direction)) > cos 15deg, else 0 (written without dividing by |v|,
+        which is 0 when standing still)."""
         vx, vy = self.velocity(obs, next_obs, 0), self.velocity(obs, next_obs, 1)
         t = task[..., 0]
         speed = np.sqrt(vx * vx + vy * vy)
-        # cos(angle(v, dir)) > cos 15deg, written without dividing by |v| (0 when standing still)
-        inside = vx * np.cos(t) + vy * np.sin(t) > self.cos_cone * speed
-        r = np.where(inside, speed, 0.0) - 0.5 * self.ctrl_sq(a) - CONTACT * self.contact_sq(next_obs) + 1.0
+        return np.where(vx * np.cos(t) + vy * np.sin(t) > self.cos_cone * speed, speed, 0.0)
+
+
+class AntDirSparse(GHDirectionTasks, AntDir):
+    """GH sparse direction: speed paid only while moving within 15 degrees of the task direction."""
+
+    name = "ant-dir-sparse"
+    source = ("Generalized Hindsight (Li et al. 2020), alexlioralexli/generalized-hindsight "
+              "AntDirectionRelabelerNewSparse")
+    default_horizon = 1000
+
+    def _reward(self, obs, a, next_obs, task):
+        r = (self.speed_in_cone(obs, next_obs, task) - 0.5 * self.ctrl_sq(a) - CONTACT * self.contact_sq(next_obs)
+             + 1.0)
         return r, self.terminated(next_obs, r)
 
 

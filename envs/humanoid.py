@@ -49,6 +49,7 @@ import numpy as np
 
 from gymnasium.envs.mujoco.humanoid_v5 import DEFAULT_CAMERA_CONFIG
 
+from envs.ant import GHDirectionTasks
 from envs.locomotion import LocomotionEnv
 
 CTRL_RANGE = 0.4
@@ -115,25 +116,12 @@ class HumanoidDir(HumanoidEnv):
         return r, self.terminated(next_obs, r)
 
 
-class HumanoidDirSparse(HumanoidEnv):
+class HumanoidDirSparse(GHDirectionTasks, HumanoidEnv):
     name = "humanoid-dir-sparse"
     source = ("Generalized Hindsight (Li et al. 2020) humanoid direction: alexlioralexli/generalized-hindsight "
               "AntDirectionRelabelerNewSparse's reward on gym's humanoid")
     default_horizon = 1000
-    cos_cone = np.cos(np.deg2rad(15.0))
-
-    def _task_lists(self):
-        train = self.sample_tasks(100, np.random.default_rng(1337))
-        test = np.linspace(-np.pi, np.pi, 25, endpoint=False) + np.pi / 25  # GH's evaluation directions
-        return train, test
-
-    def sample_tasks(self, n, rng):
-        return rng.uniform(-np.pi, np.pi, (n, 1))
 
     def _reward(self, obs, a, next_obs, task):
-        vx, vy = self.velocity(obs, next_obs, 0), self.velocity(obs, next_obs, 1)
-        t = task[..., 0]
-        speed = np.sqrt(vx * vx + vy * vy)
-        inside = vx * np.cos(t) + vy * np.sin(t) > self.cos_cone * speed  # no division by |v| (0 at rest)
-        r = 1.25 * np.where(inside, speed, 0.0) - self.costs(a, next_obs) + 5.0
+        r = 1.25 * self.speed_in_cone(obs, next_obs, task) - self.costs(a, next_obs) + 5.0
         return r, self.terminated(next_obs, r)

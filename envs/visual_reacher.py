@@ -185,16 +185,7 @@ def _speed(n_steps: int = 2_000, repeats: int = 3) -> None:
         rates = {}
         for pixels in (False, True):
             env = envs.make("visual-reacher", seed=0, pixels=pixels, image_width=size, image_height=size)
-            best = np.inf
-            for _ in range(repeats):
-                env.reset(seed=0)
-                t0 = time.perf_counter()
-                for a in actions:
-                    _, _, term, trunc, _ = env.step(a)
-                    if term or trunc:
-                        env.reset()
-                best = min(best, time.perf_counter() - t0)
-            rates[pixels] = n_steps / best
+            rates[pixels] = envs.steps_per_second(env, actions, repeats, clock=time.perf_counter)
             env.close()
         print(f"visual-reacher {size}x{size}: {rates[False]:8,.0f} steps/s without pixels, "
               f"{rates[True]:8,.0f} with ({rates[False] / rates[True]:.0f}x)  [MUJOCO_GL={_gl()}]")

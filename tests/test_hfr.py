@@ -361,12 +361,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("argv, needle", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_is_a_one_line_error(argv, needle, capsys):
+def test_bad_input_is_a_one_line_error(argv, needle, one_line_error):
     argv = argv if "--env" in argv else ["--env", "four-corners", *argv]
-    with pytest.raises(SystemExit) as e:
-        hfr.parse_command_line(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert needle in one_line_error(hfr.parse_command_line, argv)
 
 
 def test_bad_input_from_the_command_line_has_no_traceback():

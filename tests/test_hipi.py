@@ -317,15 +317,10 @@ def test_replay_buffer_keeps_its_layout_when_resumed_with_another_capacity():
 
 
 # ------------------------------------------------------------------------------------- the command line, in-process
-def parse_error(argv, capsys):
-    """The one stderr line of a command line that parse_command_line refuses with exit code 2."""
-    with pytest.raises(SystemExit) as e:
-        hipi.parse_command_line(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    return lines[0]
+@pytest.fixture
+def parse_error(one_line_error):
+    """The one stderr line of a command line that hipi.parse_command_line refuses with exit code 2."""
+    return lambda argv: one_line_error(hipi.parse_command_line, argv)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -360,8 +355,8 @@ def parse_error(argv, capsys):
     (["--mode", "bc", "--relabel", "final", "--dataset", "/no/such.npz"], "--relabel final"),
     (["--resume", "/no/such/checkpoint.pt"], "--resume"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):
-    assert needle in parse_error(argv, capsys)
+def test_bad_input_is_one_line_and_exit_code_2(argv, needle, parse_error):
+    assert needle in parse_error(argv)
 
 
 def test_defaults_resolve_per_env_and_target_entropy_is_tf_agents():
@@ -479,18 +474,18 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     assert comparable(resumed) == comparable(records(reference))
 
 
-def test_checkpoints_of_another_script_env_or_cut_off_are_one_line(reference, tmp_path, capsys):
+def test_checkpoints_of_another_script_env_or_cut_off_are_one_line(reference, tmp_path, capsys, parse_error):
     ckpt = str(reference / "checkpoint.pt")
     assert "written for --env four-rooms, not --env point-robot" in parse_error(
-        ["--resume", ckpt, "--env", "point-robot"], capsys)
+        ["--resume", ckpt, "--env", "point-robot"])
     other = tmp_path / "pearl.pt"
     torch.save({"format": 1, "script": "pearl.py", "args": {}}, other)
-    assert "written by pearl.py, not hipi.py" in parse_error(["--resume", str(other)], capsys)
+    assert "written by pearl.py, not hipi.py" in parse_error(["--resume", str(other)])
     data = open(ckpt, "rb").read()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.pt").write_bytes(b"")
     for name in ("cut.pt", "empty.pt"):
-        assert "not a readable checkpoint" in parse_error(["--resume", str(tmp_path / name)], capsys)
+        assert "not a readable checkpoint" in parse_error(["--resume", str(tmp_path / name)])
     # flags that differ from the checkpoint's: the run length is taken, the rest kept, each with one warning
     args = hipi.parse_command_line(["--resume", ckpt, "--total-timesteps", "800", "--lr", "0.01"])[0]
     err = capsys.readouterr().err.splitlines()

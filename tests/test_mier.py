@@ -188,17 +188,15 @@ BAD_INPUTS = [  # (flags after --env point-robot, text the one error line must c
 ]
 
 
-def one_error_line(capsys, argv):
-    with pytest.raises(SystemExit) as e:
-        mier.parse_command_line(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
-    return err
+@pytest.fixture
+def one_error_line(one_line_error):
+    """The one stderr line of a command line that mier.parse_command_line refuses with exit code 2."""
+    return lambda argv: one_line_error(mier.parse_command_line, argv)
 
 
 @pytest.mark.parametrize("flags, text", BAD_INPUTS, ids=[" ".join(f) for f, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_naming_the_flag(flags, text, capsys):
-    assert text in one_error_line(capsys, ["--env", "point-robot", *flags])
+def test_bad_input_is_one_line_naming_the_flag(flags, text, one_error_line):
+    assert text in one_error_line(["--env", "point-robot", *flags])
 
 
 @pytest.mark.parametrize("env_name, texts", [
@@ -271,7 +269,7 @@ def test_reference_run_rows_and_checkpoint(reference_run):
     assert len(ckpt["model_opt"]["param_groups"][0]["params"]) == len(ckpt["model"]) - 1
 
 
-def test_resume_refuses_other_scripts_envs_and_broken_files_in_one_line(reference_run, tmp_path, capsys):
+def test_resume_refuses_other_scripts_envs_and_broken_files_in_one_line(reference_run, tmp_path, one_error_line):
     path = os.path.join(reference_run, "checkpoint.pt")
     good = torch.load(path, weights_only=False)
     torch.save({"format": 1, "script": "pearl.py", "args": {}}, tmp_path / "pearl.pt")
@@ -287,7 +285,7 @@ def test_resume_refuses_other_scripts_envs_and_broken_files_in_one_line(referenc
                        (["--resume", path, "--env", "point-robot"],
                         "written for --env cheetah-negated-joints, not --env point-robot"),
                        (["--resume", path, "--num-epochs", "5"], "at epoch 3 and has begun Alg. 2")]:
-        assert text in one_error_line(capsys, argv)
+        assert text in one_error_line(argv)
 
 
 def test_resume_restores_the_run_arguments_and_warns_for_each_typed_difference(reference_run, capsys):

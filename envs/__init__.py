@@ -266,6 +266,15 @@ def save_video(frames, path: str, fps: int = 20) -> str:
     return path
 
 
+def task_with_goal(obs, task, obs_slice: slice, goal_slice: slice) -> np.ndarray:
+    """HER's achieved goal as a task: `task` (float64) broadcast against the leading shape of `obs`, its entries
+    `goal_slice` replaced by obs[..., obs_slice], the rest (weights, obstacles) kept."""
+    obs, task = np.asarray(obs), np.asarray(task, dtype=np.float64)
+    out = np.broadcast_to(task, np.broadcast_shapes(obs.shape[:-1], task.shape[:-1]) + task.shape[-1:]).copy()
+    out[..., goal_slice] = obs[..., obs_slice]
+    return out
+
+
 def steps_per_second(env: gym.Env, actions: np.ndarray, repeats: int, clock=None) -> float:
     """How fast `env` steps: `actions` played from `reset(seed=0)`, resetting at each episode end; the best of
     `repeats` runs timed on `clock` (default `time.process_time`, CPU time, little disturbed by other jobs)."""

@@ -47,6 +47,7 @@ import numpy as np
 
 from gymnasium.envs.mujoco.ant_v5 import DEFAULT_CAMERA_CONFIG
 
+import envs
 from envs.locomotion import ActionMaskTasks, LocomotionEnv, ModelArrayTasks, choose_from, negation_masks
 
 CONTACT = 5e-4  # 0.5 * 1e-3, the gym Ant contact-cost weight
@@ -177,11 +178,7 @@ class AntGoal(AntEnv):
 
     def achieved_task(self, obs, task):
         """The goal the torso position of `obs` achieves (for HER-style relabeling)."""
-        obs = np.asarray(obs)
-        task = np.asarray(task, dtype=np.float64)
-        out = np.broadcast_to(task, np.broadcast_shapes(obs.shape[:-1], task.shape[:-1]) + task.shape[-1:]).copy()
-        out[..., 0:2] = obs[..., 0:2]
-        return out
+        return envs.task_with_goal(obs, task, slice(0, 2), slice(0, 2))
 
     @staticmethod
     def goal_l1(next_obs, task):

@@ -63,6 +63,7 @@ import xml.etree.ElementTree as ET
 import mujoco
 import numpy as np
 
+import envs
 from envs.locomotion import LocomotionEnv
 
 MODELS = os.path.join(os.path.dirname(__file__), "data", "dm_control")
@@ -115,10 +116,7 @@ class DMSuiteEnv(LocomotionEnv):
 
     def achieved_task(self, obs, task):
         """The goal the reaching point of `obs` achieves (HER-style relabeling)."""
-        obs, task = np.asarray(obs), np.asarray(task, dtype=np.float64)
-        out = np.broadcast_to(task, np.broadcast_shapes(obs.shape[:-1], task.shape[:-1]) + task.shape[-1:]).copy()
-        out[..., 0:2] = obs[..., self.goal_slice]
-        return out
+        return envs.task_with_goal(obs, task, self.goal_slice, slice(0, 2))
 
     def _random_joint_angles(self):
         """dm_control's randomize_limited_and_rotational_joints for hinge joints: limited ones uniform in

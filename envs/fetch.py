@@ -105,10 +105,7 @@ class FetchReach(TaskEnv):
 
     def achieved_task(self, obs, task):
         """`task` with its goal moved to the gripper position of `obs` (weights and obstacle kept)."""
-        obs, task = np.asarray(obs), np.asarray(task, dtype=np.float64)
-        out = np.broadcast_to(task, np.broadcast_shapes(obs.shape[:-1], task.shape[:-1]) + (8,)).copy()
-        out[..., 2:5] = obs[..., 0:3]
-        return out
+        return envs.task_with_goal(obs, task, slice(0, 3), slice(2, 5))
 
     # ------------------------------------------------------------------ reward
     @staticmethod

@@ -140,6 +140,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+import envs
 from envs import TaskEnv
 
 SCENE_XML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sawyer_v1_reach_push.xml")
@@ -396,7 +397,7 @@ class _PushTasks:
         return self._goal_dist(next_obs, task) <= self.radius
 
     def achieved_task(self, obs, task):
-        return _replace_goal(obs, task, slice(3, 5), 2)
+        return envs.task_with_goal(obs, task, slice(3, 5), slice(0, 2))
 
 
 class _ReachTasks:
@@ -418,16 +419,7 @@ class _ReachTasks:
         return self._goal_dist(next_obs, task) <= self.radius
 
     def achieved_task(self, obs, task):
-        return _replace_goal(obs, task, slice(6, 9), 3)
-
-
-def _replace_goal(obs, task, obs_slice, n_goal):
-    """`task` broadcast against obs's leading shape, its first n_goal entries replaced by obs[..., obs_slice]."""
-    obs, task = np.asarray(obs, np.float64), np.asarray(task, np.float64)
-    lead = np.broadcast_shapes(obs.shape[:-1], task.shape[:-1])
-    out = np.array(np.broadcast_to(task, lead + task.shape[-1:]))
-    out[..., :n_goal] = obs[..., obs_slice]
-    return out
+        return envs.task_with_goal(obs, task, slice(6, 9), slice(0, 3))
 
 
 class SawyerPush(_PushTasks, _Sawyer):

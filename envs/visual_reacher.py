@@ -96,11 +96,7 @@ class VisualReacher(LocomotionEnv):
 
     def achieved_task(self, obs, task):
         """The goal the fingertip of `obs` achieves (for HER-style relabeling)."""
-        obs = np.asarray(obs)
-        task = np.asarray(task, dtype=np.float64)
-        out = np.broadcast_to(task, np.broadcast_shapes(obs.shape[:-1], task.shape[:-1]) + task.shape[-1:]).copy()
-        out[..., 0:2] = obs[..., 0:2]
-        return out
+        return envs.task_with_goal(obs, task, slice(0, 2), slice(0, 2))
 
     # ------------------------------------------------------------------ reward
     def _reward(self, obs, a, next_obs, task):

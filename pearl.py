@@ -434,8 +434,6 @@ def collect_data(env, agent, task_idx, task, n_samples, rl_buf, enc_buf, args, c
     """Alg. 1's "sample z ~ q(z|c), gather data, update c" (oyster's collect_data): whole trajectories from
     z ~ prior (a new z each trajectory) until n_samples transitions; with update_posterior, z is re-inferred after
     every trajectory from a fresh context batch of the task's recent data. Returns the trajectories (stored)."""
-
-
     env.set_task(task)
     z = torch.randn(1, args.latent_size, device=device)
     trajs, n = [], 0

@@ -35,6 +35,16 @@ benchmarks/run.py, so benchmarks/compare.py can overlay them with pearl.py's cur
     python benchmarks/oyster_reference.py summarize --env sparse-point-robot --name oyster-sparse-point-robot \
         --config "net_size=64 ..." benchmarks/runs/oyster/sparse-point-robot/s1 .../s2 .../s3
 
+`step` checks that one gradient step of pearl.py computes what theirs computes: their launcher builds their
+networks and algorithm at a config (sparse-point-robot, their constructors and `_do_training`, with `train`
+replaced), pearl.py's networks get the same initial weights, and both take K steps on the same random RL batches
+and contexts with the same Gaussian noise for z and for the policy's action (their two `rsample`s and pearl.py's
+`sample_z` / `randn_like` read it from a file); then every parameter, target V included, is compared
+(overrides: the keys of STEP_FLAGS, given to both; --theirs-only KEY=VALUE to their code alone):
+
+    python benchmarks/oyster_reference.py step --oyster OYSTER_DIR --steps 50 net_size=64 meta_batch=8 \
+        batch_size=128 embedding_batch_size=256
+
 `table` prints, for two or more results files, each variant's metric averaged over the run and over its last
 20 % per seed, with the mean and a 95 % confidence interval over seeds (Student t):
 
@@ -159,6 +169,160 @@ def summarize(args) -> None:
     print(f"wrote {out} and {out[:-5]}.png")
 
 
+# the overrides `step` takes, each given to both codes (their config key -> pearl.py's flag)
+STEP_FLAGS = {"net_size": "--net-size", "meta_batch": "--meta-batch", "batch_size": "--batch-size",
+              "embedding_batch_size": "--embedding-batch-size", "latent_size": "--latent-size",
+              "kl_lambda": "--kl-lambda", "discount": "--discount", "reward_scale": "--reward-scale"}
+
+
+def their_step(args, overrides: list[str], data: str, out: str) -> None:
+    """Their side of `step`, in their venv: build with their launcher, then K `_do_training` calls on the file's
+    batches and noise instead of `train`; initial and final parameters to `out` (.npz)."""
+    python = args.python or os.path.join(args.oyster, "venv", "bin", "python")
+    code = f"""
+import json
+import numpy as np, torch
+torch.set_num_threads(1)
+import launch_experiment as le
+import rlkit.torch.distributions as dist
+from configs.default import default_config
+variant = le.deep_update_dict(json.load(open('configs/sparse-point-robot.json')), default_config)
+for kv in {overrides!r}:
+    k, v = kv.split('=', 1)
+    (variant if k in ('net_size', 'latent_size') else variant['algo_params'])[k] = json.loads(v)
+variant['algo_params']['embedding_mini_batch_size'] = variant['algo_params']['embedding_batch_size']
+variant['util_params'].update(use_gpu=False, base_log_dir={os.path.dirname(out)!r})
+d = dict(np.load({data!r}))
+K, T = d['obs'].shape[:2]
+def params(algo):
+    nets = dict(encoder=algo.agent.context_encoder, policy=algo.agent.policy, qf1=algo.qf1, qf2=algo.qf2,
+                vf=algo.vf, target_vf=algo.target_vf)
+    return {{n + '/' + k: v.detach().numpy().copy() for n, m in nets.items() for k, v in m.state_dict().items()}}
+class Step(le.PEARLSoftActorCritic):
+    def train(self):
+        first = params(self)
+        k = [0]
+        t = lambda name: torch.from_numpy(d[name][k[0]])
+        self.sample_sac = lambda indices: [t(n) for n in ('obs', 'act', 'rew', 'next_obs', 'done')]
+        self.sample_context = lambda indices: t('context')
+        agent = self.agent
+        def sample_z():
+            agent.z = agent.z_means + torch.sqrt(agent.z_vars) * t('eps_z')
+        agent.sample_z = sample_z
+        def rsample(tn, return_pretanh_value=False):
+            z = tn.normal_mean + tn.normal_std * t('eps_a')
+            return (torch.tanh(z), z) if return_pretanh_value else torch.tanh(z)
+        dist.TanhNormal.rsample = rsample
+        for k[0] in range(K):
+            self._do_training(np.arange(T))
+        np.savez({out!r}, **{{'first/' + n: v for n, v in first.items()}}, **{{'last/' + n: v for n, v in params(self).items()}})
+le.PEARLSoftActorCritic = Step
+torch.manual_seed({args.seed})  # their initial weights
+le.experiment(variant)
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run([python, "-c", code], cwd=args.oyster, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: their step exited with {done.returncode}:\n{done.stderr[-3000:]}")
+
+
+def step(args, overrides: list[str]) -> None:
+    """K gradient steps of theirs and of pearl.py from the same weights on the same data and noise, compared."""
+    import tempfile
+
+    import torch
+
+    sys.path.insert(0, ROOT)
+    import pearl
+
+    kv = dict(o.split("=", 1) for o in overrides)
+    if unknown := sorted(set(kv) - set(STEP_FLAGS)):
+        raise SystemExit(f"error: step: overrides {unknown}: allowed are {', '.join(STEP_FLAGS)}")
+    T, B = int(kv.get("meta_batch", 16)), int(kv.get("batch_size", 256))
+    E, L, H = int(kv.get("embedding_batch_size", 1024)), int(kv.get("latent_size", 5)), int(kv.get("net_size", 300))
+    K, obs_dim, act_dim = args.steps, 2, 2
+    rng = np.random.default_rng(args.seed)
+    f32 = lambda *shape, lo=-1.0, hi=1.0: rng.uniform(lo, hi, (K, *shape)).astype(np.float32)
+    # RL rows (dense rewards, as their SAC batch) and contexts (s, a, sparse r: a third of them inside a goal)
+    ctx_r = np.where(rng.random((K, T, E, 1)) < 1 / 3, rng.uniform(0.0, 1.0, (K, T, E, 1)), 0.0).astype(np.float32)
+    data = dict(obs=f32(T, B, obs_dim), act=f32(T, B, act_dim), rew=f32(T, B, 1, lo=-2.0, hi=0.0),
+                next_obs=f32(T, B, obs_dim), done=np.zeros((K, T, B, 1), np.float32),
+                context=np.concatenate([f32(T, E, obs_dim), f32(T, E, act_dim), ctx_r], -1),
+                eps_z=rng.standard_normal((K, T, L)).astype(np.float32),
+                eps_a=rng.standard_normal((K, T * B, act_dim)).astype(np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(os.path.join(tmp, "data.npz"), **data)
+        their_step(args, overrides + args.theirs_only, os.path.join(tmp, "data.npz"), os.path.join(tmp, "theirs.npz"))
+        theirs = dict(np.load(os.path.join(tmp, "theirs.npz")))
+
+    # pearl.py at the same config, their initial weights (rlkit's fc0..fc2, last_fc [, last_fc_log_std] -> net.0..6)
+    argv = ["--env", "sparse-point-robot", "--matmul", "default", *(a for k, v in kv.items() for a in (STEP_FLAGS[k], v))]
+    pargs = pearl.parse_command_line(argv)[0]
+
+    def ours_from_theirs(name: str, when: str) -> dict:
+        w = {k[len(f"{when}/{name}/"):]: v for k, v in theirs.items() if k.startswith(f"{when}/{name}/")}
+        if name == "policy":  # one 2|A| head = their mean head over their log-std head
+            for p in ("weight", "bias"):
+                w[f"last_fc.{p}"] = np.concatenate([w[f"last_fc.{p}"], w.pop(f"last_fc_log_std.{p}")])
+        rename = {f"fc{i}": f"net.{2 * i}" for i in range(3)} | {"last_fc": "net.6"}
+        return {rename[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: torch.from_numpy(v) for k, v in w.items()}
+
+    k = [0]
+    pearl.sample_z = lambda mu, var: mu + var.sqrt() * torch.from_numpy(data["eps_z"][k[0]])
+
+    def ours(nudge: bool) -> dict:
+        """pearl.py's K steps from their initial weights (each moved by one float32 ulp with `nudge`): the networks."""
+        agent = pearl.PEARL(obs_dim, act_dim, obs_dim + act_dim + 1, pargs)
+        nets = dict(encoder=agent.encoder, policy=agent.policy, qf1=agent.qf1, qf2=agent.qf2, vf=agent.vf,
+                    target_vf=agent.target_vf)
+        for name, net in nets.items():
+            w = ours_from_theirs(name, "first")
+            net.load_state_dict({key: torch.nextafter(v, torch.full_like(v, np.inf)) if nudge else v
+                                 for key, v in w.items()})
+        optims = pearl.make_optimizers(agent, pargs.learning_rate)
+        randn_like = torch.randn_like
+        torch.randn_like = lambda x: torch.from_numpy(data["eps_a"][k[0]]).to(x.dtype)
+        try:
+            for k[0] in range(K):
+                batch = np.concatenate([data[n][k[0]] for n in ("obs", "act", "rew", "next_obs", "done")], -1)
+                pearl.gradient_step(agent, optims, torch.from_numpy(batch), torch.from_numpy(data["context"][k[0]]),
+                                    pargs, obs_dim, act_dim)
+        finally:
+            torch.randn_like = randn_like
+        return nets
+
+    mine, nudged = ours(False), ours(True)
+    import copy
+
+    twin = copy.deepcopy(mine)
+    for name, net in twin.items():
+        net.load_state_dict(ours_from_theirs(name, "last"))
+    # What the weights compute on the last batch: policy mean and log-std, Q1, Q2, V, target V, and the encoder's
+    # per-transition outputs
+    obs, act = torch.from_numpy(data["obs"][-1]).flatten(0, 1), torch.from_numpy(data["act"][-1]).flatten(0, 1)
+    z = torch.from_numpy(data["eps_z"][-1]).repeat_interleave(B, 0)
+    inputs = dict(encoder=torch.from_numpy(data["context"][-1]), policy=torch.cat([obs, z], -1),
+                  qf1=torch.cat([obs, act, z], -1), qf2=torch.cat([obs, act, z], -1), vf=torch.cat([obs, z], -1),
+                  target_vf=torch.cat([obs, z], -1))
+    print(f"{K} gradient steps from the same weights, data and noise (meta-batch {T} x {B}, context {E}, nets {H}); "
+          f"max |difference| of the outputs on the last batch, relative to max |output|:")
+    print(f"{'network':10s} {'ours vs theirs':>15s} {'ours vs ours from weights 1 ulp away':>37s}")
+    worst = 0.0
+    with torch.no_grad():
+        for name in mine:
+            ref = twin[name].net(inputs[name])
+            a, b = mine[name].net(inputs[name]), nudged[name].net(inputs[name])
+            vs_theirs = float((a - ref).abs().max() / ref.abs().max())
+            floor = float((a - b).abs().max() / ref.abs().max())
+            worst = max(worst, vs_theirs / max(floor, 1e-6))
+            print(f"{name:10s} {vs_theirs:15.2g} {floor:37.2g}")
+    # Adam divides each gradient by its running RMS, so in a weight whose gradient is ~0 it turns float32 rounding
+    # into whole steps: two equal computations drift apart, as far as the same code started one ulp away drifts.
+    # A different loss, gradient route or update order moves the outputs much further than that.
+    print("the same computation: ours and theirs differ no more than fp32 rounding makes ours differ from itself"
+          if worst < 10 else "THE STEPS DIFFER: more than fp32 rounding makes ours differ from itself")
+
+
 def ci95(x: list[float]) -> float:
     """Half-width of the 95 % Student-t confidence interval of the mean of x."""
     t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -203,14 +367,21 @@ def main():
     s.add_argument("--num-exp-traj-eval", type=int, default=None)
     s.add_argument("--num-test-tasks", type=int, default=20)
     s.add_argument("--num-tasks", type=int, default=100)
+    g = sub.add_parser("step", help="K gradient steps of theirs and pearl.py from the same weights, compared")
+    g.add_argument("--oyster", required=True, help="their checkout, with the three import fixes")
+    g.add_argument("--python", help="their venv's python (default OYSTER/venv/bin/python)")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--seed", type=int, default=0, help="seed of the random batches, contexts and noise")
+    g.add_argument("--theirs-only", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for their code alone, to see the check fail when the two compute differently")
     t = sub.add_parser("table", help="per-seed run averages with 95 %% CIs of results files")
     t.add_argument("results", nargs="+")
     t.add_argument("--metric", default="eval/return")
     args, extra = p.parse_known_args()
-    if args.cmd == "run":
+    if args.cmd in ("run", "step"):
         if any("=" not in kv for kv in extra):
             raise SystemExit(f"error: overrides are key=value, got {extra}")
-        run(args, extra)
+        (run if args.cmd == "run" else step)(args, extra)
         return
     if extra:
         raise SystemExit(f"error: unrecognized arguments {extra}")

@@ -330,8 +330,18 @@ def ci95(x: list[float]) -> float:
     return float(t.get(n - 1, 1.96) * np.std(x, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) - mean(b) and the half-width of its 95 % confidence interval (Welch: unequal variances)."""
+    from scipy import stats
+
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(np.mean(a) - np.mean(b)), float(stats.t.ppf(0.975, dof) * np.sqrt(va + vb))
+
+
 def table(args) -> None:
     print(f"{args.metric}: averaged over the run | over its last 20 % of evaluations (per seed; mean ± 95 % CI)")
+    rows = []
     for path in args.results:
         with open(path) as f:
             res = json.load(f)
@@ -347,6 +357,11 @@ def table(args) -> None:
             print(f"  {res['script']} {label}: run {np.mean(whole):.3f} ± {ci95(whole):.3f} "
                   f"({', '.join(f'{w:.3f}' for w in whole)}) | last 20 % {np.mean(tail):.3f} ± {ci95(tail):.3f} "
                   f"({', '.join(f'{w:.3f}' for w in tail)})")
+            rows.append((f"{res['script']} {label}", whole, tail))
+    if len(rows) == 2 and all(len(r[1]) > 1 for r in rows):
+        (a, wa, ta), (b, wb, tb) = rows
+        (dw, hw), (dt, ht) = welch(wa, wb), welch(ta, tb)
+        print(f"  difference, {a} minus {b} (Welch 95 % CI): run {dw:+.3f} ± {hw:.3f} | last 20 % {dt:+.3f} ± {ht:.3f}")
 
 
 def main():

@@ -479,8 +479,9 @@ def layer_rates(torch, m, shapes: list, autocast: dict, kernels: list[tuple], de
                 t3 = clock()
                 fwd.append(t1 - t0), bwd.append(t3 - t2)
             flop = 2 * rows * n_in * n_out
-            row[name] = {"forward_gflops": round(flop / max(min(fwd[1:]), 1e-9) / 1e9, 1),
-                         "backward_gflops": round(flop * (2 if needs_dx else 1) / max(min(bwd[1:]), 1e-9) / 1e9, 1)}
+            # three significant digits: a tiny shape on a busy core runs at well under 0.1 GFLOP/s, not at 0
+            gflops = lambda f, t: float(f"{f / max(min(t[1:]), 1e-9) / 1e9:.3g}")
+            row[name] = {"forward_gflops": gflops(flop, fwd), "backward_gflops": gflops(flop * (2 if needs_dx else 1), bwd)}
         rows_out.append(row)
     return rows_out
 

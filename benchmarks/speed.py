@@ -481,7 +481,8 @@ def layer_rates(torch, m, shapes: list, autocast: dict, kernels: list[tuple], de
             flop = 2 * rows * n_in * n_out
             # three significant digits: a tiny shape on a busy core runs at well under 0.1 GFLOP/s, not at 0
             gflops = lambda f, t: float(f"{f / max(min(t[1:]), 1e-9) / 1e9:.3g}")
-            row[name] = {"forward_gflops": gflops(flop, fwd), "backward_gflops": gflops(flop * (2 if needs_dx else 1), bwd)}
+            row[name] = {"forward_gflops": gflops(flop, fwd),
+                         "backward_gflops": gflops(flop * (2 if needs_dx else 1), bwd)}
         rows_out.append(row)
     return rows_out
 

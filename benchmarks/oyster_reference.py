@@ -59,7 +59,6 @@ import importlib.util
 import json
 import os
 import pickle
-import random
 import subprocess
 import sys
 

@@ -592,7 +592,7 @@ def grad_step(args) -> dict:
                            "x_floor": round(res[v]["median_ms"] / (1000 * gflop / peak), 2)})
     rates = layer_rates(torch, m, list(shapes), autocast, [(v, kernel, bf16) for v, (bf16, kernel) in variants.items()],
                         device, clock)
-    print(f"  GFLOP/s per layer shape (forward / backward), best of 5; the step's Linear calls, rows x in -> out:")
+    print("  GFLOP/s per layer shape (forward / backward), best of 5; the step's Linear calls, rows x in -> out:")
     print("    " + f"{'shape':>22} " + " ".join(f"{v:>17}" for v in variants))
     for r in rates:
         shape = f"{r['rows']} x {r['in']} -> {r['out']}" + ("" if r["input_grad"] else "*")

@@ -223,7 +223,7 @@ class _Sawyer(TaskEnv):
 
         with open(SCENE_XML) as f:
             self._model = m = mujoco.MjModel.from_xml_string(f.read(), _mesh_assets())
-        self._data = d = mujoco.MjData(m)
+        self._data = mujoco.MjData(m)
         self._hand = m.body("hand").id
         self._puck = m.geom("objGeom").id
         self._fingers = [m.site("rightEndEffector").id, m.site("leftEndEffector").id]

@@ -779,6 +779,33 @@ CHECKPOINT_FORMAT = 1
 SCRIPT = os.path.basename(__file__)
 
 
+held = {"holding": False, "signal": None}  # a SIGINT/SIGTERM that arrived while a checkpoint was being finished
+
+
+def raise_interrupt(signum, frame):
+    """The SIGINT and SIGTERM handler: a KeyboardInterrupt naming the signal, the one way a run stops; inside
+    signals_held() the signal is only noted, and raised when the block ends."""
+    if held["holding"]:
+        held["signal"] = signal.Signals(signum).name
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A checkpoint and the note of which one is finished change together, so the stop message never names an older
+    checkpoint than the one on disk. (A flag, not a signal mask: a mask holds only the main thread's signals, and
+    a signal sent to the process may land in one of torch's or TensorBoard's threads.)"""
+    held["holding"] = True
+    try:
+        yield
+    finally:
+        held["holding"] = False
+    name, held["signal"] = held["signal"], None
+    if name is not None:
+        raise KeyboardInterrupt(name)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
     previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
@@ -862,10 +889,6 @@ def open_logs(args, ckpt, env_steps) -> SummaryWriter:
     with open(os.path.join(args.run_dir, "args.json"), "w") as f:
         json.dump(asdict(args), f, indent=1)
     return writer
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
@@ -975,10 +998,11 @@ if __name__ == "__main__":
                     envs.save_video(frames, os.path.join(args.run_dir, "videos", f"eval_{iteration}.gif"))
                 if args.save_model:
                     writer.flush()  # TensorBoard holds every event up to the checkpoint
-                    save_checkpoint(ckpt_path, checkpoint_state(
-                        args, (iteration, env_steps, grad_updates, time.time() - start_time), nets, opts, log_alpha,
-                        buffer, cache, rng, env_list, device))
-                    saved_iteration = iteration
+                    with signals_held():
+                        save_checkpoint(ckpt_path, checkpoint_state(
+                            args, (iteration, env_steps, grad_updates, time.time() - start_time), nets, opts, log_alpha,
+                            buffer, cache, rng, env_list, device))
+                        saved_iteration = iteration
                 progress.step("eval", 1, status())
         progress.step("eval", 0, status(), force=True)
         print(f"done: eval.jsonl and TensorBoard logs in {args.run_dir}"

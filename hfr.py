@@ -1139,6 +1139,33 @@ CHECKPOINT_FORMAT = 1
 SCRIPT = os.path.basename(__file__)
 
 
+held = {"holding": False, "signal": None}  # a SIGINT/SIGTERM that arrived while a checkpoint was being finished
+
+
+def raise_interrupt(signum, frame):
+    """The SIGINT and SIGTERM handler: a KeyboardInterrupt naming the signal, the one way a run stops; inside
+    signals_held() the signal is only noted, and raised when the block ends."""
+    if held["holding"]:
+        held["signal"] = signal.Signals(signum).name
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A checkpoint and the note of which one is finished change together, so the stop message never names an older
+    checkpoint than the one on disk. (A flag, not a signal mask: a mask holds only the main thread's signals, and
+    a signal sent to the process may land in one of torch's or TensorBoard's threads.)"""
+    held["holding"] = True
+    try:
+        yield
+    finally:
+        held["holding"] = False
+    name, held["signal"] = held["signal"], None
+    if name is not None:
+        raise KeyboardInterrupt(name)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
     previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
@@ -1234,10 +1261,6 @@ def keep_rows(src: str, dst: str, last_iteration: int) -> None:
     with open(dst + ".tmp", "w") as f:
         f.writelines(rows)
     os.replace(dst + ".tmp", dst)
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
@@ -1391,17 +1414,18 @@ if __name__ == "__main__":
             for k, v in scalars.items():
                 writer.add_scalar(k, v, env_steps)
             if args.save_model:
-                save_checkpoint(ckpt_path, {
-                    "env": args.env, "args": dataclasses.asdict(args), "iteration": it + 1, "env_steps": env_steps,
-                    "wall_time": wall, "agent": agent.state_dict(),
-                    "optims": {k: o.state_dict() for k, o in optims.items()},
-                    "rl_buffer": rl_buf.state_dict(), "enc_buffer": enc_buf.state_dict(),
-                    "relabeler": relabeler.state_dict(),
-                    "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                            "env": env.np_random.bit_generator.state,
-                            "eval_env": eval_env.np_random.bit_generator.state}})
-                saved = f"{ckpt_path} (iteration {it + 1})"
+                with signals_held():
+                    save_checkpoint(ckpt_path, {
+                        "env": args.env, "args": dataclasses.asdict(args), "iteration": it + 1, "env_steps": env_steps,
+                        "wall_time": wall, "agent": agent.state_dict(),
+                        "optims": {k: o.state_dict() for k, o in optims.items()},
+                        "rl_buffer": rl_buf.state_dict(), "enc_buffer": enc_buf.state_dict(),
+                        "relabeler": relabeler.state_dict(),
+                        "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+                                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                                "env": env.np_random.bit_generator.state,
+                                "eval_env": eval_env.np_random.bit_generator.state}})
+                    saved = f"{ckpt_path} (iteration {it + 1})"
             progress.step("eval", 0, status(it, f"done, SPS {sps}, update {t_update:.1f} s"), force=True)
         print(f"done: eval.jsonl and TensorBoard logs in {run_dir}, "
               + (f"checkpoint {ckpt_path}" if args.save_model else "no checkpoint (--no-save-model)"), flush=True)

@@ -881,6 +881,33 @@ def hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+held = {"holding": False, "signal": None}  # a SIGINT/SIGTERM that arrived while a checkpoint was being finished
+
+
+def raise_interrupt(signum, frame):
+    """The SIGINT and SIGTERM handler: a KeyboardInterrupt naming the signal, the one way a run stops; inside
+    signals_held() the signal is only noted, and raised when the block ends."""
+    if held["holding"]:
+        held["signal"] = signal.Signals(signum).name
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A checkpoint and the note of which one is finished change together, so the stop message never names an older
+    checkpoint than the one on disk. (A flag, not a signal mask: a mask holds only the main thread's signals, and
+    a signal sent to the process may land in one of torch's or TensorBoard's threads.)"""
+    held["holding"] = True
+    try:
+        yield
+    finally:
+        held["holding"] = False
+    name, held["signal"] = held["signal"], None
+    if name is not None:
+        raise KeyboardInterrupt(name)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
     previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
@@ -944,10 +971,6 @@ def replay_episode(env, record):
         steps.append((obs, action, r, next_obs, term, record["task"]))
         obs = next_obs
     return obs, steps
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
@@ -1109,15 +1132,18 @@ if __name__ == "__main__":
             with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             if args.save_model:
-                save_checkpoint(ckpt_path, {
-                    "env": args.env, "args": asdict(args), "iteration": iteration, "global_step": global_step,
-                    "wall_time": wall_before + time.time() - start_time,
-                    **{k: m.state_dict() for k, m in (nets | opts).items()}, "log_alpha": log_alpha.detach().clone(),
-                    "buffer": rb.state(), "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                    "episode": {**episode, "actions": np.array(episode["actions"], np.float32).reshape(-1, act_dim)},
-                    "env_rng": env.np_random.bit_generator.state})
-                last_checkpoint = (ckpt_path, iteration)
+                with signals_held():
+                    save_checkpoint(ckpt_path, {
+                        "env": args.env, "args": asdict(args), "iteration": iteration, "global_step": global_step,
+                        "wall_time": wall_before + time.time() - start_time,
+                        **{k: m.state_dict() for k, m in (nets | opts).items()},
+                        "log_alpha": log_alpha.detach().clone(), "buffer": rb.state(),
+                        "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                        "episode": {**episode,
+                                    "actions": np.array(episode["actions"], np.float32).reshape(-1, act_dim)},
+                        "env_rng": env.np_random.bit_generator.state})
+                    last_checkpoint = (ckpt_path, iteration)
             last_eval = f"return {ret:.2f}" + (f" success {succ:.2f}" if succ is not None else "")
             progress.step("eval", 1, status(f"evaluated, {1000 * record['time/per_grad_step']:.1f} ms per grad step"),
                           force=True)

@@ -1127,6 +1127,33 @@ def checkpoint_path(resume: str) -> str:
     return os.path.join(resume, "checkpoint.pt") if os.path.isdir(resume) else resume
 
 
+held = {"holding": False, "signal": None}  # a SIGINT/SIGTERM that arrived while a checkpoint was being finished
+
+
+def raise_interrupt(signum, frame):
+    """The SIGINT and SIGTERM handler: a KeyboardInterrupt naming the signal, the one way a run stops; inside
+    signals_held() the signal is only noted, and raised when the block ends."""
+    if held["holding"]:
+        held["signal"] = signal.Signals(signum).name
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A checkpoint and the note of which one is finished change together, so the stop message never names an older
+    checkpoint than the one on disk. (A flag, not a signal mask: a mask holds only the main thread's signals, and
+    a signal sent to the process may land in one of torch's or TensorBoard's threads.)"""
+    held["holding"] = True
+    try:
+        yield
+    finally:
+        held["holding"] = False
+    name, held["signal"] = held["signal"], None
+    if name is not None:
+        raise KeyboardInterrupt(name)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
     previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
@@ -1215,10 +1242,6 @@ def start_logs(run_dir: str, ckpt: Optional[dict], args: Args) -> SummaryWriter:
             f.writelines(rows)
         os.replace(log + ".tmp", log)
     return SummaryWriter(run_dir, purge_step=ckpt["env_steps"] + 1)
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 # ==================================================================================================== main
@@ -1377,12 +1400,13 @@ if __name__ == "__main__":
                 with open(os.path.join(run_dir, "eval.jsonl"), "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if args.save_model:
-                    save_checkpoint(ckpt_path, {
-                        **{k: m.state_dict() for k, m in modules.items()}, "buffer": buf.state_dict(),
-                        "history": [list(h) for h in history], "z_feat": z_feat, "iteration": iteration,
-                        "env_steps": env_steps, "grad_steps": grad_steps, "wall_time": record["wall_time"],
-                        "env": args.env, "args": asdict(args), **rng_states(rng, all_envs)})
-                    saved = (ckpt_path, iteration)
+                    with signals_held():
+                        save_checkpoint(ckpt_path, {
+                            **{k: m.state_dict() for k, m in modules.items()}, "buffer": buf.state_dict(),
+                            "history": [list(h) for h in history], "z_feat": z_feat, "iteration": iteration,
+                            "env_steps": env_steps, "grad_steps": grad_steps, "wall_time": record["wall_time"],
+                            "env": args.env, "args": asdict(args), **rng_states(rng, all_envs)})
+                        saved = (ckpt_path, iteration)
             writer.add_scalar("charts/SPS", (env_steps - start_steps) / (time.time() - start_time), env_steps)
 
         # ========================================================== --mode transfer: Table 1 on fixed data

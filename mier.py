@@ -693,6 +693,33 @@ CHECKPOINT_FORMAT = 1
 SCRIPT = os.path.basename(__file__)
 
 
+held = {"holding": False, "signal": None}  # a SIGINT/SIGTERM that arrived while a checkpoint was being finished
+
+
+def raise_interrupt(signum, frame):
+    """The SIGINT and SIGTERM handler: a KeyboardInterrupt naming the signal, the one way a run stops; inside
+    signals_held() the signal is only noted, and raised when the block ends."""
+    if held["holding"]:
+        held["signal"] = signal.Signals(signum).name
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A checkpoint and the note of which one is finished change together, so the stop message never names an older
+    checkpoint than the one on disk. (A flag, not a signal mask: a mask holds only the main thread's signals, and
+    a signal sent to the process may land in one of torch's or TensorBoard's threads.)"""
+    held["holding"] = True
+    try:
+        yield
+    finally:
+        held["holding"] = False
+    name, held["signal"] = held["signal"], None
+    if name is not None:
+        raise KeyboardInterrupt(name)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Atomic and durable: write path.tmp, fsync, rename over path. A crash or a signal mid-write leaves the
     previous checkpoint intact; a stale .tmp from a killed run is removed at start."""
@@ -786,10 +813,6 @@ def keep_rows(src: str, dst: str, last_iteration: int) -> None:
     os.replace(dst + ".tmp", dst)
 
 
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, raise_interrupt)
     signal.signal(signal.SIGTERM, raise_interrupt)
@@ -849,14 +872,16 @@ if __name__ == "__main__":
         def checkpoint(epoch):  # only at the end of an epoch or of a test task's Alg. 2: resume stays exact
             global saved
             if args.save_model:
-                save_checkpoint(ckpt_path, {
-                    "env": args.env, "args": asdict(args), "epoch": epoch, "env_steps": env_steps,
-                    "wall_time": time.time() - start_time, "extrapolation_returns": extrapolation_returns,
-                    **{k: v.state_dict() for k, v in stateful.items()}, "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "env_rng": env.np_random.bit_generator.state,
-                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
-                done = len(extrapolation_returns)
-                saved = f"{ckpt_path} (epoch {epoch}" + (f", {done}/{n_relabel} test tasks relabeled)" if done else ")")
+                with signals_held():
+                    save_checkpoint(ckpt_path, {
+                        "env": args.env, "args": asdict(args), "epoch": epoch, "env_steps": env_steps,
+                        "wall_time": time.time() - start_time, "extrapolation_returns": extrapolation_returns,
+                        **{k: v.state_dict() for k, v in stateful.items()}, "rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "env_rng": env.np_random.bit_generator.state,
+                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
+                    done = len(extrapolation_returns)
+                    saved = (f"{ckpt_path} (epoch {epoch}"
+                             + (f", {done}/{n_relabel} test tasks relabeled)" if done else ")"))
 
         def log_eval(row):
             for k, v in row.items():

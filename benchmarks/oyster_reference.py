@@ -35,6 +35,9 @@ benchmarks/run.py, so benchmarks/compare.py can overlay them with pearl.py's cur
     python benchmarks/oyster_reference.py summarize --env sparse-point-robot --name oyster-sparse-point-robot \
         --config "net_size=64 ..." benchmarks/runs/oyster/sparse-point-robot/s1 .../s2 .../s3
 
+With --reuse it keeps the finished seeds that the results file already holds at the same env and overrides, so a
+comparison can be finished over several sittings from the run dirs of the last one alone.
+
 `step` checks that one gradient step of pearl.py computes what theirs computes: their launcher builds their
 networks and algorithm at a config (sparse-point-robot, their constructors and `_do_training`, with `train`
 replaced), pearl.py's networks get the same initial weights, and both take K steps on the same random RL batches
@@ -142,24 +145,40 @@ def read_run(run_dir: str, n_exp: int, n_test: int, n_tasks: int) -> list[dict]:
     return rows
 
 
+VARIANT = "authors' PEARL"  # the one variant of a results file that summarize writes
+
+
 def summarize(args) -> None:
     runner = load_runner()
     config = json.load(open(os.path.join(args.oyster, "configs", args.env + ".json"))) if args.oyster else {}
     n_exp = args.num_exp_traj_eval
-    seeds, runs = {}, []
+    out = os.path.join(args.out, "results", args.name + ".json")
+    seeds = {}
     for run_dir in args.runs:
         with open(os.path.join(run_dir, "command.json")) as f:
             cmd = json.load(f)
         rows = read_run(run_dir, n_exp, args.num_test_tasks, args.num_tasks)
         seeds[str(cmd["seed"])] = {"command": cmd, "finished": os.path.exists(os.path.join(run_dir, "DONE")),
                                    "evals": rows}
-        runs.append(rows)
+    if args.reuse and os.path.exists(out):  # finished seeds of an earlier sitting, at the same env and overrides
+        overrides = args.config.split()
+        for seed, rec in json.load(open(out))["variants"][VARIANT]["seeds"].items():
+            same = rec["command"]["env"] == args.env and rec["command"]["overrides"] == overrides
+            if seed not in seeds and rec["finished"] and same:
+                seeds[seed] = rec
+                print(f"kept seed {seed} from {out}")
+    for seed, rec in seeds.items():
+        if rec["command"]["env"] != args.env or rec["command"]["overrides"] != args.config.split():
+            raise SystemExit(f"error: seed {seed} ran --env {rec['command']['env']} with "
+                             f"{' '.join(rec['command']['overrides'])!r}, not --env {args.env} --config {args.config!r}")
+    seeds = dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
     metrics = ["eval/return", "eval/success_rate", "eval/success_rate_last", "eval/return_train_tasks"]
+    runs = [rec["evals"] for rec in seeds.values()]
     curves = {m: c for m in metrics if (c := runner.curve(runs, m)) is not None}
-    out = os.path.join(ROOT, "benchmarks", "results", args.name + ".json")
     result = {"name": args.name, "script": f"oyster {OYSTER_COMMIT}", "env": args.env, "common": args.config,
               "seeds": [int(s) for s in seeds], "config_file": config,
-              "variants": {"authors' PEARL": {"flags": args.config, "curves": curves, "seeds": seeds}}}
+              "variants": {VARIANT: {"flags": args.config, "curves": curves, "seeds": seeds}}}
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(out + ".tmp", out)
@@ -378,6 +397,10 @@ def main():
     s.add_argument("--name", required=True)
     s.add_argument("--config", default="", help="the overrides the runs used, recorded in the results")
     s.add_argument("--oyster", help="their checkout, to record its config file in the results")
+    s.add_argument("--out", default=os.path.join(ROOT, "benchmarks"), help="folder holding results/ (as run.py's)")
+    s.add_argument("--reuse", action="store_true",
+                   help="keep the finished seeds that results/<name>.json already holds at the same --env and "
+                        "--config, beside the runs given (a comparison finished over several sittings)")
     s.add_argument("--num-exp-traj-eval", type=int, default=None)
     s.add_argument("--num-test-tasks", type=int, default=20)
     s.add_argument("--num-tasks", type=int, default=100)

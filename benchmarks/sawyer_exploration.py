@@ -9,9 +9,9 @@ Wilson interval, for each start state below, each with the same action sequences
                 another module name): Meta-World 3.1.1's push-v3 scene, fingers closed, hand 2 cm clear of the puck;
   settled       envs.make("sawyer-push", start="settled"): v1 scene, hand settled at HFR's (0, 0.65) with the
                 fingers open, puck placed at (0, 0.6) afterwards, the rear claw ending in the puck's top;
-  lodged        envs.make("sawyer-push") (the default start): MuJoCo 2.2.0's outcome of HFR's reset, the puck
+  lodged        envs.make("sawyer-push", start="lodged"): MuJoCo 2.2.0's outcome of HFR's reset, the puck
                 tipped onto its rim between the open claws, at rest (envs/sawyer.py's docstring);
-  arriving      envs.make("sawyer-push", start="arriving"): the state HFR's reset returns in MuJoCo 2.2.0, the
+  arriving      envs.make("sawyer-push") (the default start): the state HFR's reset returns in MuJoCo 2.2.0, the
                 arm still swinging in, continued in MuJoCo 3;
   hfr-verbatim  HFR's reset_model run verbatim in the v1 scene (michaelwan11/hfr
                 rlkit/envs/sawyer_reach_push_pick_place.py, on Meta-World 2f228c2 `MujocoEnv.reset`): the arm

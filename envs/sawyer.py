@@ -47,7 +47,7 @@ Start state (no randomness: HFR's random_init=False). Reset restores a state com
 resets give bit-identical states (MuJoCo's warm start is restored too); `reset(seed=...)` seeds `self.np_random`
 (gymnasium's contract) but the start does not depend on it. The first observation of an episode is the state the
 start ends in. The push families offer three starts, chosen with the constructor argument `start` (e.g.
-`envs.make("sawyer-push", start="settled")`); "lodged" is the default.
+`envs.make("sawyer-push", start="lodged")`); "arriving" is the default.
   * What HFR's reset does. michaelwan11/hfr's `reset_model`, through Meta-World 2f228c2's `MujocoEnv.reset`: the
     arm back at its zero pose (hand at (1.14, 0.16, 0.32)); 10 x 5 MuJoCo steps with the mocap at (0, 0.65, 0),
     quaternion (1, 0, 1, 0) and the fingers OPEN (ctrl (-1, +1)); then the puck's position set to (0, 0.6) at its
@@ -62,7 +62,7 @@ start ends in. The push families offer three starts, chosen with the constructor
     puck beyond the goals (y 0.6 -> 1.1 in 40 steps): its swing already differs when reset returns (hand z 0.049,
     2.2: 0.062), and the claw strikes the puck low. (MuJoCo 2.2's state at that moment, continued in 3.3, does
     not throw it: see "arriving".)
-  * "lodged" (default): MuJoCo 2.2.0's outcome of that reset. The arm, finger and puck joint positions 2.2.0
+  * "lodged": MuJoCo 2.2.0's outcome of that reset. The arm, finger and puck joint positions 2.2.0
     reaches 200 zero-action steps after HFR's reset (LODGED_* constants; quaternion included) are written into
     the joints and held 40 steps in MuJoCo 3.3 with the mocap at (0, 0.65, 0.05), the target the first action's
     clip gives, and the fingers open. Measured (tests/test_sawyer.py pins them): hand (0.000, 0.650, 0.050), puck
@@ -71,13 +71,13 @@ start ends in. The push families offer three starts, chosen with the constructor
     and back with the hand, and a sideways or upward move leaves it behind, as in 2.2.0 (30 steps of one held
     action from this state: the puck ends within 3 cm of 2.2.0's for moves along y, x or z; a diagonal move
     differs more, up to 8 cm).
-  * "arriving": the state HFR's reset returns in MuJoCo 2.2.0, velocities included (ARRIVING_* constants): hand
+  * "arriving" (default): the state HFR's reset returns in MuJoCo 2.2.0, velocities included (ARRIVING_* constants): hand
     (0.005, 0.536, 0.062) swinging in, puck at (0, 0.6, 0.015), mocap at HFR's (0, 0.65, 0). The first
     observation is HFR's as MuJoCo 2.2.0 gives it and the episode's first steps carry the swing. MuJoCo 3.3
     continues it without a throw: with zero actions the claws sweep the puck in and it stands upright on its rim
     at (-0.006, 0.641, 0.030) after 40 steps; unlike 2.2.0's it does not stay: it rolls sideways out of the
     claws (5 cm in 400 steps of held hand).
-  * "settled" (the default before "lodged"): HFR's order without the swing. The hand settles at (0, 0.65, 0.05)
+  * "settled" (the default before "lodged" and "arriving"): HFR's order without the swing. The hand settles at (0, 0.65, 0.05)
     from the zero pose with the fingers open (100 steps, the puck parked off the arm's path), then the puck is
     placed at (0, 0.6), where the open rear claw (y 0.597..0.606, down to z 0.005) cuts through it, and 40 steps
     with the mocap held resolve the contact: hand lifted to (0.000, 0.650, 0.066), puck (0.000, 0.600, 0.014) at
@@ -86,13 +86,17 @@ start ends in. The push families offer three starts, chosen with the constructor
     above), and held it presses the claws into the table, where friction stalls the hand about 6 cm short.
   * reach (its only start, "settled"): HFR's hand start (0, 0.6, 0.2), fingers open: hand (0.000, 0.600, 0.200),
     finger centre 4.5 cm below; puck placed at (0, 0.6) afterwards, well clear of the fingers.
-  Why "lodged" is the default: it is where HFR's reset leaves hand and puck in the closest MuJoCo that runs here,
-  and it is at rest and stays so in MuJoCo 3.3. benchmarks/results/sawyer-exploration.json measures how often
-  held random actions bring the puck to a goal from each (2,000 episodes each, 95 % Wilson intervals):
-  "lodged" 24.6 % [22.8, 26.5]; HFR's reset run verbatim in MuJoCo 2.2.0 29.7 % [27.7, 31.7]; "arriving"
-  39.7 % [37.6, 41.9]; "settled" 3.2 % [2.5, 4.1]. "lodged" is below the verbatim reset in 2.2.0 because the
-  swing that reset hands to the first actions helps, not because of MuJoCo 3: in 2.2.0, starting the policy 10,
-  20, 40 zero-action steps after the reset gives 28.4 %, 25.4 %, 21.0 %, and the "lodged" state gives 21.3 %.
+  Why "arriving" is the default: its first observation is the one HFR's reset returns (in MuJoCo 2.2.0, the
+  closest that runs here), the first actions carry the swing that reset hands them, and with zero actions it ends
+  where 2.2.0 ends, the puck between the open claws and the hand at (0, 0.65, 0.05). It is also the one start
+  that is at least as explorable as HFR's reset in 2.2.0. benchmarks/results/sawyer-exploration.json measures how
+  often held random actions bring the puck to a goal from each (2,000 episodes each, 95 % Wilson intervals):
+  "arriving" 39.7 % [37.6, 41.9]; HFR's reset run verbatim in MuJoCo 2.2.0 29.7 % [27.7, 31.7]; "lodged"
+  24.6 % [22.8, 26.5]; "settled" 3.2 % [2.5, 4.1]. "arriving" is 10 points MORE explorable than 2.2.0 (MuJoCo
+  3.3 continues the swing differently); "lodged", at rest, is 5 points less, because it leaves out the swing: in
+  2.2.0, starting the policy 10, 20, 40 zero-action steps after the reset gives 28.4 %, 25.4 %, 21.0 %, and the
+  "lodged" state gives 21.3 %. "lodged" is the conservative choice for a result that should not lean on an
+  easier start.
 
 Tasks and rewards (d = distance after the step, i.e. measured on next_obs):
   sawyer-push (HFR): task = goal xy, 60 goals drawn with np.random.RandomState(3).uniform over HFR's sparse-push
@@ -372,7 +376,7 @@ class _Sawyer(TaskEnv):
 class _PushTasks:
     """Goal = puck xy. Mixed in before _Sawyer."""
 
-    starts = ("lodged", "arriving", "settled")
+    starts = ("arriving", "lodged", "settled")  # the first is the default
     hand_start = (0.0, 0.65, 0.05)  # HFR's (0, 0.65, 0) as the first action's clip leaves it (docstring)
     finger_centre_in_obs = False
     _goal_len = 2

@@ -82,6 +82,13 @@ def push():
 
 
 @pytest.fixture(scope="module")
+def lodged():
+    e = envs.make("sawyer-push", start="lodged")
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
 def reach():
     e = envs.make("sawyer-reach")
     yield e
@@ -99,10 +106,10 @@ def between_the_claws(obs) -> bool:
     return bool(dx < 0.03 and dy < 0.044)
 
 
-def test_push_start_state(push):
-    """The default push start ("lodged"): where HFR's reset leaves hand, fingers and puck in MuJoCo 2.2.0 (the
-    puck tipped onto its rim between the open claws, leaning on the front pad), held at rest in MuJoCo 3.3."""
-    assert push.start == "lodged"
+def test_lodged_start_state(lodged):
+    """start="lodged": where HFR's reset leaves hand, fingers and puck in MuJoCo 2.2.0 (the puck tipped onto its
+    rim between the open claws, leaning on the front pad), held at rest in MuJoCo 3.3."""
+    push = lodged
     obs, _ = push.reset(seed=0)
     assert obs.shape == (6,) and obs.dtype == np.float32
     # MuJoCo 2.2.0 after HFR's reset + 200 zero-action steps: hand (0, 0.6501, 0.0495), puck (-0.0029, 0.6638, 0.0332)
@@ -119,9 +126,10 @@ def test_push_start_state(push):
     np.testing.assert_allclose(obs2, obs, atol=5e-4)
 
 
-def test_lodged_puck_moves_with_the_hand_along_y(push):
+def test_lodged_puck_moves_with_the_hand_along_y(lodged):
     """As in MuJoCo 2.2: the claws carry the puck forward and back (it stays between them); a sideways or upward
     move leaves it behind."""
+    push = lodged
     for a, hand_y in (([0.0, 1.0, 0.0, 0.0], 0.904), ([0.0, -1.0, 0.0, 0.0], 0.404), ([0.0, 1.0, 0.0, -1.0], 0.907)):
         push.reset(seed=0)
         for _ in range(30):
@@ -154,10 +162,12 @@ def test_settled_start_state():
     env.close()
 
 
-def test_arriving_start_state():
-    """start="arriving": the state HFR's reset returns in MuJoCo 2.2.0, the arm still swinging in; with zero
-    actions MuJoCo 3.3 sweeps the puck into the gripper (not thrown, as HFR's reset run in MuJoCo 3.3 does)."""
-    env = envs.make("sawyer-push", start="arriving")
+def test_arriving_start_state(push):
+    """The default push start ("arriving"): the state HFR's reset returns in MuJoCo 2.2.0, the arm still swinging
+    in; with zero actions MuJoCo 3.3 sweeps the puck into the gripper (not thrown, as HFR's reset run in MuJoCo 3.3
+    does)."""
+    env = push
+    assert env.start == "arriving" and envs.make("sawyer-push-dense").start == "arriving"
     obs, _ = env.reset(seed=0)
     np.testing.assert_allclose(obs, [0.0051, 0.5357, 0.0622, 0.0, 0.6, 0.0149], atol=1e-4)  # MuJoCo 2.2.0's
     np.testing.assert_allclose(env._data.mocap_pos[0], [0.0, 0.65, 0.0])  # HFR's; the first step lifts it to 0.05
@@ -166,7 +176,6 @@ def test_arriving_start_state():
         obs, *_ = env.step(np.zeros(4, np.float32))
     np.testing.assert_allclose(obs[:3], [0.0, 0.650, 0.0497], atol=1e-3)
     assert between_the_claws(obs) and obs[4] == pytest.approx(0.641, abs=5e-3)
-    env.close()
 
 
 @pytest.mark.parametrize("name, start", [("sawyer-push", "thrown"), ("sawyer-push-dense", ""),
@@ -177,7 +186,7 @@ def test_unknown_start_is_a_one_line_error(name, start):
     assert "\n" not in str(e.value) and "start must be one of" in str(e.value)
 
 
-def test_benchmark_scene_steps_as_the_env(push):
+def test_benchmark_scene_steps_as_the_env(lodged):
     """benchmarks/sawyer_exploration.py's numpy-and-mujoco-only copy of the scene (it runs the verbatim reset in
     MuJoCo 2.2) gives sawyer-push's lodged start and steps bit for bit."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
@@ -187,12 +196,12 @@ def test_benchmark_scene_steps_as_the_env(push):
     spec.loader.exec_module(bench)
     scene = bench.V1Scene(bench.default_mesh_dir())
     scene.lodged_start()
-    np.testing.assert_array_equal(scene.restore(), push.reset(seed=0)[0])
+    np.testing.assert_array_equal(scene.restore(), lodged.reset(seed=0)[0])
     rng = np.random.default_rng(2)
     for _ in range(40):
         a = rng.uniform(-1.2, 1.2, 4).astype(np.float32)
-        np.testing.assert_array_equal(scene.step(a), push.step(a)[0])
-    np.testing.assert_array_equal(bench.train_goals(), push.train_tasks)
+        np.testing.assert_array_equal(scene.step(a), lodged.step(a)[0])
+    np.testing.assert_array_equal(bench.train_goals(), lodged.train_tasks)
 
 
 def test_reach_start_state(reach):

@@ -13,14 +13,15 @@ import envs
 
 
 def scripted_push(obs, goal, phase):
-    """Rise clear of the puck, move over a point 7 cm behind it (seen from the goal), descend, push along the
-    puck-goal line while steering the hand back onto that line. Returns (action, next phase)."""
+    """Rise clear of the puck with the fingers open (closing them on a puck between the claws flings it), move
+    over a point 7 cm behind it (seen from the goal) with them closed, descend, push along the puck-goal line
+    while steering the hand back onto that line. Returns (action, next phase)."""
     hand, puck = obs[:3].astype(np.float64), obs[3:6].astype(np.float64)
     u = (goal - puck[:2]) / np.linalg.norm(goal - puck[:2])
     behind = puck[:2] - 0.07 * u
-    a = np.array([0.0, 0.0, 0.0, 1.0])  # fingers closed throughout
+    a = np.array([0.0, 0.0, 0.0, 1.0])  # fingers closed after the rise
     if phase == 0:
-        a[2] = 1.0
+        a[2], a[3] = 1.0, -1.0
         phase += hand[2] > 0.12
     elif phase == 1:
         a[:2] = 50 * (behind - hand[:2])

@@ -1340,8 +1340,8 @@ if __name__ == "__main__":
         def status(it: int, doing: str) -> str:
             shown = (f"return {last_eval['eval/return']:.2f}" if last_eval else "-") + (
                 f" success {last_eval['eval/success_rate']:.2f}" if "eval/success_rate" in last_eval else "")
-            return (f"iteration {it + 1}/{args.num_iterations} | {doing} | env steps {env_steps:,}/~{total_steps:,} | "
-                    f"last eval {shown}")
+            return (f"iteration {min(it + 1, args.num_iterations)}/{args.num_iterations} | {doing} | "
+                    f"env steps {env_steps:,}/~{total_steps:,} | last eval {shown}")
 
         progress.step("collect", 0, f"{SCRIPT} --env {args.env}: {status(start_iter, 'starting')} | run dir "
                       f"{run_dir}", force=True)

@@ -512,8 +512,6 @@ def ray_task(code: bytes, code_hash: str, argv: list[str], key: str, token: str,
     are `sent`); its output after the first `stdout_from` bytes, which never reached the driver, is the "tail"."""
     import fcntl
 
-    import ray
-
     base = os.path.join(tempfile.gettempdir(), f"meta-rl-benchmarks-{os.getuid()}")
     code_dir = os.path.join(base, "code", code_hash)
     if not os.path.isdir(code_dir):  # unpack once per node; of two tasks doing it at once, one wins the rename

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import envs
-from envs.dm_suite import annulus_goals
 
 
 def test_reacher_model_and_reward_by_hand():

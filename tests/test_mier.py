@@ -16,7 +16,6 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import envs  # noqa: E402
 import mier  # noqa: E402
 
 ARGS = types.SimpleNamespace(inner_lr=0.01, inner_steps=2, grad_clip=10.0, first_order=False)

@@ -1375,7 +1375,7 @@ if __name__ == "__main__":
                     grad_steps += 1
                     info = rl_step(grad_steps, model, buf, rng, (actor, qf1, qf2), (actor_t, qf1_t, qf2_t), q_opt,
                                    pi_opt, args, device, use_context=meta)
-                    progress.step("update", 1, status("TD3+SIL updates"))
+                    progress.step("update", 1, status("TD3 updates" if args.no_sil else "TD3+SIL updates"))
                 for k, v in info.items():
                     writer.add_scalar(k, v, env_steps)
                 times["update"] = time.time() - t0

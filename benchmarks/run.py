@@ -13,6 +13,8 @@ Example (two variants, three seeds, two workers):
 The results file is rewritten each time a run ends, holding the runs ended so far, so an interrupted comparison
 keeps its finished runs and `--reuse` goes on from them; with `--resume-unfinished` as well, a run that was cut off
 continues from the checkpoint.pt in its run directory instead of starting over (runs longer than one sitting).
+With `--reuse`, the finished runs the file holds at other seeds of the same variants and commands stay in it, so a
+comparison can go seed by seed over sittings (`--seeds 1`, later `--seeds 2 3`) without losing any.
 `--plot-only` rebuilds the JSON and PNG from the run directories of an earlier invocation (same arguments).
 The scripts' shared conventions make this work for all of them: `--env`, `--seed`, `--run-dir`, and one JSON
 line per evaluation in run_dir/eval.jsonl with "iteration", "env_steps", "eval/return" (+ "eval/success_rate").
@@ -231,6 +233,27 @@ def reuse_finished(results_paths: list[str], jobs: list, restore: bool = True) -
     return done
 
 
+def other_seeds(out: str, args, runs_root: str) -> dict:
+    """Finished runs that the results file at `out` holds for this invocation's variants but at seeds it does not
+    run, made with the command this invocation would give them: kept in the file as they are, so that a sitting
+    which runs `--seeds 1` of a comparison does not drop its seeds 2 and 3 (seed-major runs over several
+    sittings). By label, then seed (str)."""
+    if not os.path.isfile(out):
+        return {}
+    with open(out) as f:
+        old = json.load(f).get("variants", {})
+    kept = {}
+    for label, flags in args.variants:
+        for seed, run in old.get(label, {}).get("seeds", {}).items():
+            if int(seed) in args.seeds or run.get("rc") != 0 or not run.get("evals"):
+                continue
+            cmd = ([args.script, "--env", args.env] + shlex.split(args.common) + shlex.split(flags)
+                   + ["--seed", seed, "--run-dir", os.path.join(runs_root, f"{label}__seed{seed}")])
+            if without_run_dir(shlex.split(run["command"])) == without_run_dir(cmd):
+                kept.setdefault(label, {})[seed] = run
+    return kept
+
+
 def read_evals(run_dir: str) -> list[dict]:
     """The run's eval.jsonl rows. A run continued from a checkpoint repeats the iterations after that checkpoint,
     so where an iteration appears twice the later row (the one the finished run went on from) is kept."""
@@ -306,8 +329,10 @@ def write_results(args, jobs: list, status: dict, out: str, final: bool) -> None
             if lab == label and (final or (lab, seed) in status):
                 per_seed[str(seed)] = {"command": " ".join(shlex.quote(c) for c in cmd[1:]),
                                        **status.get((lab, seed), {}), "evals": read_evals(run_dir)}
+        per_seed.update(getattr(args, "kept", {}).get(label, {}))  # other seeds' finished runs from an earlier sitting
         if not per_seed:
             continue
+        per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
         runs = [s["evals"] for s in per_seed.values()]
         times = {k: float(np.mean([e[k] for r in runs for e in r if k in e])) for k in
                  ("time/collect", "time/update", "time/relabel", "time/eval") if any(k in e for r in runs for e in r)}
@@ -317,7 +342,8 @@ def write_results(args, jobs: list, status: dict, out: str, final: bool) -> None
     os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         json.dump({"name": args.name, "script": args.script, "env": args.env, "common": args.common,
-                   "seeds": args.seeds, "variants": results}, f, indent=1)
+                   "seeds": sorted(set(args.seeds) | {int(k) for v in getattr(args, "kept", {}).values() for k in v}),
+                   "variants": results}, f, indent=1)
     os.replace(out + ".tmp", out)  # never a half-written results file
     png = os.path.join(args.out, "results", f"{args.name}.png")
     plot(png, f"{args.script} --env {args.env} {args.common}", results, args.metrics)
@@ -776,6 +802,10 @@ def main(argv=None):
         if not os.path.isfile(path):
             raise SystemExit(f"error: --reuse-from: no results file {path}")
     status = reuse_finished(sources, jobs, restore=not args.plot_only) if args.reuse or args.plot_only else {}
+    args.kept = other_seeds(out, args, runs_root) if args.reuse or args.plot_only else {}
+    if args.kept:
+        print(f"keeping {sum(map(len, args.kept.values()))} finished run(s) of other seeds from {out}: "
+              + ", ".join(f"{l} seed {s}" for l, v in args.kept.items() for s in v))
     if status and not args.plot_only:
         print(f"reusing {len(status)} finished run(s) from {', '.join(sources)}: "
               + ", ".join(f"{l} seed {s}" for l, s in status))

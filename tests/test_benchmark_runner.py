@@ -70,6 +70,31 @@ def test_reuse_from_builds_a_comparison_without_running_and_prints_run_averages(
     assert res["variants"]["hfr"]["curves"]["eval/return"]["mean"] == [-3.0, -1.0]
 
 
+def test_a_sitting_with_fewer_seeds_keeps_the_other_seeds_finished_runs(tmp_path, capsys):
+    """Seed-major over sittings: `--seeds 1 --reuse` on a file that holds seeds 1-3 must not drop seeds 2 and 3;
+    a run made with other flags, or one that failed, is not kept."""
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path)
+    cmd = "hfr.py --env four-corners --relabel hfr --seed {} --run-dir /elsewhere/hfr__seed{}"
+    seeds = {"1": {"command": cmd.format(1, 1), "rc": 0, "wall_s": 1.0, "evals": EVALS},
+             "2": {"command": cmd.format(2, 2), "rc": 0, "wall_s": 2.0, "evals": EVALS},
+             "3": {"command": cmd.format(3, 3).replace("--relabel hfr", "--relabel hfr --bf16"), "rc": 0,
+                   "evals": EVALS},
+             "4": {"command": cmd.format(4, 4), "rc": 1, "evals": EVALS}}
+    os.makedirs(os.path.join(out, "results"))
+    path = os.path.join(out, "results", "cmp.json")
+    with open(path, "w") as f:
+        json.dump({"variants": {"hfr": {"seeds": seeds}}}, f)
+    bench_run.main(["hfr.py", "--env", "four-corners", "--name", "cmp", "--variant", "hfr=--relabel hfr",
+                    "--seeds", "1", "--reuse", "--out", out])
+    assert "keeping 1 finished run(s) of other seeds" in capsys.readouterr().out
+    with open(path) as f:
+        res = json.load(f)
+    assert sorted(res["variants"]["hfr"]["seeds"]) == ["1", "2"] and res["seeds"] == [1, 2]
+    assert res["variants"]["hfr"]["seeds"]["2"]["wall_s"] == 2.0
+    assert res["variants"]["hfr"]["curves"]["eval/return"]["n_seeds"] == 2
+
+
 def test_reuse_from_a_missing_file_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="no results file"):
         bench_run.main(["hfr.py", "--env", "four-corners", "--name", "x", "--seeds", "1",

@@ -1,0 +1,158 @@
+"""What SIL imitates in an mcat.py run: read a run's checkpoint (its replay buffer, actor and critics) and say which
+stored transitions SIL's prioritized sample favours, by the step's phase within the reward delay and by the return
+of its episode.
+
+SIL (Oh et al. 2018) should imitate the actions of the agent's good episodes: P(i) ~ (R_i - V(s_i))_+^alpha, with
+R the discounted return-to-go and V = min_k Q_k(s, pi(s)) (mcat.py's sil_advantage). With rewards paid every n steps
+and no phase in the observation, R also depends on how far the step is from the next payment, which V cannot see.
+This script measures both dependences on the buffer as it is at the checkpoint:
+
+    python benchmarks/sil_diagnostic.py benchmarks/runs/mcat-single-armature0.2-delay500/td3_sil__seed1 \\
+        --name mcat-sil-diagnostic-armature0.2-delay500
+
+It prints a table and writes benchmarks/results/<name>.json (with --name). Single-task runs only (--mode transfer,
+one buffer, zero context), the runs of benchmarks/mcat.md (d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_mcat():
+    sys.path.insert(0, ROOT)
+    spec = importlib.util.spec_from_file_location("mcat_script", os.path.join(ROOT, "mcat.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def episode_ids(t: np.ndarray) -> np.ndarray:
+    """Consecutive stored steps form one episode from each t == 0 on (mcat.py stores whole episodes contiguously)."""
+    return np.cumsum(t == 0) - 1
+
+
+def running_returns(rew: np.ndarray, t: np.ndarray, gamma: float) -> np.ndarray:
+    """ret_t = gamma * ret_{t-1} + r_t from each episode's start (what VecNormalize's return statistics track)."""
+    out, acc = np.zeros(len(rew)), 0.0
+    for i, (r, step) in enumerate(zip(rew, t)):
+        acc = (0.0 if step == 0 else gamma * acc) + r
+        out[i] = acc
+    return out
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")  # undefined: one episode, or a constant
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def diagnose(run_dir: str, bins: int = 5) -> dict:
+    mcat = load_mcat()
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    args, buf = ckpt["args"], ckpt["buffer"]
+    if buf["obs"].shape[0] != 1:
+        raise SystemExit(f"error: {run_dir}: {buf['obs'].shape[0]} task buffers; this reads single-task runs only")
+    n = int(buf["size"][0])
+    if n < int(args["buffer_size"]):  # the buffer has not wrapped: its filled part starts at 0
+        order = np.arange(n)
+    else:  # the oldest transition sits at the write pointer
+        order = (int(buf["ptr"][0]) + np.arange(n)) % n
+    obs, act = (torch.as_tensor(buf[k][0, order]) for k in ("obs", "act"))
+    ret, rew, t = (buf[k][0, order] for k in ("ret", "rew", "t"))
+    first = int(np.argmax(t == 0))  # drop a partial episode the FIFO cut at the front
+    obs, act, ret, rew, t = obs[first:], act[first:], ret[first:], rew[first:], t[first:]
+    obs_dim, act_dim = obs.shape[-1], act.shape[-1]
+    nets = {}
+    for name, cls in (("actor", mcat.Actor), ("qf1", mcat.QNetwork), ("qf2", mcat.QNetwork)):
+        nets[name] = cls(obs_dim, act_dim, args["context_dim"])
+        nets[name].load_state_dict(ckpt[name])
+    z = torch.zeros(len(obs), args["context_dim"])
+    with torch.no_grad():
+        pi = nets["actor"](obs, z)
+        v = torch.min(nets["qf1"](obs, pi, z), nets["qf2"](obs, pi, z)).squeeze(-1).numpy()
+    adv = ret - v
+    clip, alpha, delay = args["sil_adv_clip"], args["sil_alpha"], args["reward_delay"]
+    mass = np.maximum(np.minimum(adv, clip), 1e-6) ** alpha  # SIL's priorities p^alpha, freshly computed
+    mass = mass / mass.sum()
+    ep = episode_ids(t)
+    ep_return = np.bincount(ep, weights=rew)
+    ep_mass = np.bincount(ep, weights=mass)
+    ep_steps = np.bincount(ep)
+    phase = t % delay
+    edges = np.linspace(0, delay, bins + 1).astype(int)
+    by_phase = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (phase >= lo) & (phase < hi)
+        by_phase.append({"phase": f"{lo}-{hi - 1}", "share_of_steps": float(m.mean()), "mean_R": float(ret[m].mean()),
+                         "mean_V": float(v[m].mean()), "share_R_above_V": float((adv[m] > 0).mean()),
+                         "share_of_SIL_mass": float(mass[m].sum())})
+    top = ep_return >= np.quantile(ep_return, 0.9)
+    # Oh et al.'s MuJoCo runs see rewards divided by the std of the running discounted return (baselines'
+    # VecNormalize, ret = gamma * ret + r per episode), so their clip of 1 is one such std: the same ranking on that
+    # scale, to tell the clip's unit apart from what R - V itself can rank
+    sigma = float(running_returns(rew, t, args["gamma"]).std())
+    mass_oh = np.maximum(np.minimum(adv / sigma, clip), 1e-6) ** alpha
+    mass_oh = mass_oh / mass_oh.sum()
+    return {"run_dir": os.path.relpath(run_dir, ROOT), "iteration": int(ckpt["iteration"]),
+            "env_steps": int(ckpt["env_steps"]), "reward_delay": delay, "sil_adv_clip": clip, "sil_alpha": alpha,
+            "transitions": int(len(ret)), "episodes": int(len(ep_return)),
+            "share_R_above_V": float((adv > 0).mean()), "share_clipped": float((adv >= clip).mean()),
+            "mean_R_minus_V": float(adv.mean()), "mean_V": float(v.mean()), "mean_R": float(ret.mean()),
+            "episode_return": {"min": float(ep_return.min()), "median": float(np.median(ep_return)),
+                               "max": float(ep_return.max())},
+            "by_phase": by_phase,
+            "spearman_episode_return_vs_SIL_mass_per_step": spearman(ep_return, ep_mass / ep_steps),
+            "SIL_mass_on_top_10pct_episodes": float(ep_mass[top].sum()),
+            "steps_in_top_10pct_episodes": float(ep_steps[top].sum() / ep_steps.sum()),
+            "spearman_phase_vs_R_minus_V": spearman(phase.astype(float), adv),
+            "return_std_scale": {"sigma": sigma, "share_clipped": float((adv / sigma >= clip).mean()),
+                                 "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=mass_oh)[top].sum())}}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="an mcat.py single-task run directory with checkpoint.pt")
+    p.add_argument("--bins", type=int, default=5, help="phase bins within the reward delay (default 5)")
+    p.add_argument("--name", default=None, help="write benchmarks/results/<name>.json")
+    a = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(a.run_dir, "checkpoint.pt")):
+        raise SystemExit(f"error: run_dir: no checkpoint.pt in {a.run_dir}")
+    if a.bins < 1:
+        raise SystemExit(f"error: --bins: {a.bins}; must be >= 1")
+    r = diagnose(a.run_dir, a.bins)
+    print(f"{r['run_dir']} at {r['env_steps']:,} env steps: {r['transitions']:,} stored transitions, "
+          f"{r['episodes']} episodes (return {r['episode_return']['min']:.0f} / {r['episode_return']['median']:.0f} / "
+          f"{r['episode_return']['max']:.0f} min / median / max)")
+    print(f"  R > V on {r['share_R_above_V']:.1%} of them, clipped at {r['sil_adv_clip']} on {r['share_clipped']:.1%}; "
+          f"mean R {r['mean_R']:.1f}, mean V {r['mean_V']:.1f}")
+    print(f"  {'phase':>9} {'steps':>6} {'mean R':>8} {'mean V':>8} {'R > V':>6} {'SIL mass':>9}")
+    for b in r["by_phase"]:
+        print(f"  {b['phase']:>9} {b['share_of_steps']:6.1%} {b['mean_R']:8.1f} {b['mean_V']:8.1f} "
+              f"{b['share_R_above_V']:6.1%} {b['share_of_SIL_mass']:9.1%}")
+    print(f"  the best 10% of episodes hold {r['steps_in_top_10pct_episodes']:.1%} of the steps and "
+          f"{r['SIL_mass_on_top_10pct_episodes']:.1%} of SIL's sampling mass; Spearman(episode return, mass per "
+          f"step) {r['spearman_episode_return_vs_SIL_mass_per_step']:+.2f}; Spearman(phase, R - V) "
+          f"{r['spearman_phase_vs_R_minus_V']:+.2f}")
+    o = r["return_std_scale"]
+    print(f"  on Oh et al.'s scale ((R - V) / {o['sigma']:.1f}, the std of the running discounted return): clipped on "
+          f"{o['share_clipped']:.1%}, the best 10% of episodes hold {o['SIL_mass_on_top_10pct_episodes']:.1%} of the mass")
+    if a.name:
+        out = os.path.join(ROOT, "benchmarks", "results", f"{a.name}.json")
+        with open(out, "w") as f:
+            json.dump(r, f, indent=1)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

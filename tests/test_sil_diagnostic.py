@@ -1,0 +1,92 @@
+"""benchmarks/sil_diagnostic.py on a hand-built single-task checkpoint whose critics output 0, so that V = 0 and SIL's
+advantage is the stored return R itself."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "sil_diagnostic.py")
+
+
+@pytest.fixture(scope="module")
+def diag():
+    spec = importlib.util.spec_from_file_location("sil_diagnostic", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(tmp_path, diag, rets, delay=2, clip=1.0, alpha=1.0, capacity=100):
+    """One buffer of len(rets) episodes of 4 steps each; critics with a zero last layer (Q = 0 everywhere)."""
+    mcat = diag.load_mcat()
+    obs_dim, act_dim, ctx = 3, 2, 4
+    nets = {"actor": mcat.Actor(obs_dim, act_dim, ctx), "qf1": mcat.QNetwork(obs_dim, act_dim, ctx),
+            "qf2": mcat.QNetwork(obs_dim, act_dim, ctx)}
+    for q in ("qf1", "qf2"):
+        torch.nn.init.zeros_(nets[q].net[-1].weight)
+        torch.nn.init.zeros_(nets[q].net[-1].bias)
+    ret = np.asarray(rets, np.float32).reshape(-1)
+    n = len(ret)
+    t = np.tile(np.arange(4), n // 4)
+    rew = np.zeros(n, np.float32)
+    rew[t == 3] = np.asarray(rets, np.float32)[:, 3]  # an episode's return is its rewards' sum
+    buf = {"obs": np.random.default_rng(0).normal(size=(1, n, obs_dim)).astype(np.float32),
+           "act": np.zeros((1, n, act_dim), np.float32), "ret": ret[None], "rew": rew[None], "t": t[None],
+           "size": np.array([n]), "ptr": np.array([n % capacity])}
+    args = {"context_dim": ctx, "gamma": 0.5, "sil_adv_clip": clip, "sil_alpha": alpha, "reward_delay": delay,
+            "buffer_size": capacity}
+    torch.save({"args": args, "buffer": buf, "iteration": 1, "env_steps": n,
+                **{k: v.state_dict() for k, v in nets.items()}}, tmp_path / "checkpoint.pt")
+    return str(tmp_path)
+
+
+def test_mass_follows_the_clipped_return_by_phase_and_episode(diag, tmp_path):
+    # episode 0: R = (0.5, -1, 2, 3), episode 1: R = (-2, 0.25, -1, 0.5); V = 0, clip 1, alpha 1, delay 2
+    run = write_run(tmp_path, diag, [[0.5, -1.0, 2.0, 3.0], [-2.0, 0.25, -1.0, 0.5]])
+    r = diag.diagnose(run, bins=2)
+    # R > V on 0.5, 2, 3, 0.25, 0.5: 5 of 8; clipped (R >= 1) on 2 and 3
+    assert r["share_R_above_V"] == pytest.approx(5 / 8)
+    assert r["share_clipped"] == pytest.approx(2 / 8)
+    assert r["mean_V"] == pytest.approx(0.0)
+    # priorities min(max(R, 1e-6), 1): 0.5, 1e-6, 1, 1 | 1e-6, 0.25, 1e-6, 0.5 -> total 3.25 + 3e-6
+    p = np.array([0.5, 1e-6, 1.0, 1.0, 1e-6, 0.25, 1e-6, 0.5])
+    p = p / p.sum()
+    phase0, phase1 = p[[0, 2, 4, 6]].sum(), p[[1, 3, 5, 7]].sum()  # t % 2
+    assert [b["share_of_SIL_mass"] for b in r["by_phase"]] == pytest.approx([phase0, phase1])
+    assert [b["mean_R"] for b in r["by_phase"]] == pytest.approx([(0.5 + 2 - 2 - 1) / 4, (-1 + 3 + 0.25 + 0.5) / 4])
+    assert r["episodes"] == 2 and r["episode_return"]["max"] == pytest.approx(3.0)
+    # the better episode (return 3) is the top 10 % and holds p[:4]
+    assert r["SIL_mass_on_top_10pct_episodes"] == pytest.approx(p[:4].sum())
+    # running returns (gamma 0.5): rewards 0, 0, 0, 3 | 0, 0, 0, 0.5 -> 0, 0, 0, 3, 0, 0, 0, 0.5
+    sigma = np.std([0, 0, 0, 3, 0, 0, 0, 0.5])
+    assert r["return_std_scale"]["sigma"] == pytest.approx(sigma)
+    R = np.array([0.5, -1.0, 2.0, 3.0, -2.0, 0.25, -1.0, 0.5])
+    assert r["return_std_scale"]["share_clipped"] == pytest.approx(np.mean(R / sigma >= 1))
+
+
+def test_a_wrapped_buffer_is_read_from_its_oldest_step_without_the_cut_episode(diag, tmp_path):
+    # capacity 6, episodes of 4: A filled slots 0-3, then B slots 4, 5, 0, 1 (write pointer 2). Read from slot 2:
+    # A's last two steps (its start was overwritten, so they are dropped), then B's four steps in order.
+    run = write_run(tmp_path, diag, [[9.0, 9.0, 9.0, 9.0], [0.1, 0.2, 0.3, 0.4]], capacity=6)
+    ckpt = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
+    b = ckpt["buffer"]
+    b["ret"] = np.array([[0.3, 0.4, 9.0, 9.0, 0.1, 0.2]], np.float32)
+    b["t"] = np.array([[2, 3, 2, 3, 0, 1]])
+    b["rew"] = np.array([[0.0, 0.4, 0.0, 9.0, 0.0, 0.0]], np.float32)
+    b["obs"], b["act"] = b["obs"][:, :6], b["act"][:, :6]
+    b["size"], b["ptr"] = np.array([6]), np.array([2])
+    torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
+    r = diag.diagnose(run, bins=1)
+    assert (r["episodes"], r["transitions"]) == (1, 4)
+    assert r["mean_R"] == pytest.approx(0.25) and r["episode_return"]["max"] == pytest.approx(0.4)
+
+
+def test_bad_input_is_one_line(tmp_path):
+    res = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0 and res.stderr.strip() == f"error: run_dir: no checkpoint.pt in {tmp_path}"

@@ -5,7 +5,8 @@ For every variant and metric: each seed's metric averaged over all its evaluatio
 last --last fraction of them ("last 20 %"), then the mean over seeds with a 95 % t-interval. For each claim
 `--above A B` (variant A above variant B, as the paper orders them): the paired difference A − B over the seeds
 both ran, mean with its 95 % t-interval, and a verdict:
-"holds" (interval above 0), "reversed" (below 0), "not settled" (it contains 0), "n/a" (fewer than 2 paired seeds).
+"holds" (interval above 0), "reversed" (below 0), "not settled" (it contains 0), "equal" (no difference in any
+paired seed), "n/a" (fewer than 2 paired seeds).
 
     python benchmarks/table.py benchmarks/results/hipi-sparse-point-robot-v2.json --metric eval/success_rate \\
         --above hipi none --above hipi random --above hipi her-final --out hipi-sparse-point-robot-v2-table
@@ -59,6 +60,8 @@ def per_seed(results: dict, metric: str, last: float) -> dict:
 def verdict(lo: float, hi: float) -> str:
     if math.isnan(lo) or math.isnan(hi):
         return "n/a"
+    if lo == hi == 0:
+        return "equal"  # the same value in every paired seed (e.g. both at success 1)
     return "holds" if lo > 0 else "reversed" if hi < 0 else "not settled"
 
 

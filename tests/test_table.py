@@ -57,6 +57,7 @@ def test_paired_claim_uses_common_seeds_only_and_its_verdict():
     assert c["run"]["verdict"] == "not settled"
     assert table.verdict(0.1, 0.5) == "holds" and table.verdict(-0.5, -0.1) == "reversed"
     assert table.verdict(-0.1, 0.5) == "not settled" and table.verdict(math.nan, math.nan) == "n/a"
+    assert table.verdict(0.0, 0.0) == "equal"
     # the variant rows keep every seed a variant ran
     assert t["metrics"]["m"]["variants"]["b"]["seeds"] == ["1", "2", "3", "4"]
 

@@ -44,17 +44,33 @@ def mean_ci(values) -> tuple[float, float]:
     return float(x.mean()), t975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
 
 
+def logged(run: dict, metric: str) -> list[dict]:
+    """The run's evaluations that log `metric` (not None, not NaN)."""
+    return [e for e in run.get("evals", []) if e.get(metric) is not None
+            and not (isinstance(e[metric], float) and math.isnan(e[metric]))]
+
+
 def per_seed(results: dict, metric: str, last: float) -> dict:
     """{variant: {seed: (over the run, last fraction)}} for the seeds whose evaluations log `metric`."""
     out = {}
     for label, v in results["variants"].items():
         for seed, run in v["seeds"].items():
-            ys = [e[metric] for e in run.get("evals", []) if metric in e and e[metric] is not None
-                  and not (isinstance(e[metric], float) and math.isnan(e[metric]))]
+            ys = [e[metric] for e in logged(run, metric)]
             if ys:
                 k = max(1, math.ceil(last * len(ys)))
                 out.setdefault(label, {})[seed] = (float(np.mean(ys)), float(np.mean(ys[-k:])))
     return out
+
+
+def blocks(run: dict, metric: str, n: int) -> list[float]:
+    """The metric averaged over n consecutive, equal-as-possible blocks of the run's evaluations (np.array_split)."""
+    ys = [e[metric] for e in logged(run, metric)]
+    return [float(np.mean(b)) for b in np.array_split(np.asarray(ys, float), n)] if len(ys) >= n else []
+
+
+def first_at(run: dict, metric: str, level: float):
+    """env_steps of the first evaluation with metric >= level; None if it never got there."""
+    return next((e.get("env_steps") for e in logged(run, metric) if e[metric] >= level), None)
 
 
 def verdict(lo: float, hi: float) -> str:
@@ -76,7 +92,8 @@ def compare(seeds: dict, a: str, b: str) -> dict:
     return row
 
 
-def build(results: dict, metrics: list[str], last: float, claims: list[tuple[str, str]]) -> dict:
+def build(results: dict, metrics: list[str], last: float, claims: list[tuple[str, str]], n_blocks: int = 0,
+          level: float | None = None) -> dict:
     table = {"name": results.get("name"), "script": results.get("script"), "env": results.get("env"),
              "common": results.get("common"), "last_fraction": last, "metrics": {}}
     for metric in metrics:
@@ -89,6 +106,12 @@ def build(results: dict, metrics: list[str], last: float, claims: list[tuple[str
             rows[label] = {"seeds": order, "run_per_seed": [by_seed[s][0] for s in order],
                            "last_per_seed": [by_seed[s][1] for s in order],
                            "run": [run_m, run_h], "last": [last_m, last_h]}
+            runs = [results["variants"][label]["seeds"][s] for s in order]
+            if n_blocks:  # mean over seeds of each block's average
+                per = [blocks(r, metric, n_blocks) for r in runs]
+                rows[label]["blocks"] = [float(np.mean(b)) for b in zip(*per)] if all(per) else []
+            if level is not None:
+                rows[label]["first_at"] = [first_at(r, metric, level) for r in runs]
         table["metrics"][metric] = {"variants": rows, "claims": [compare(seeds, a, b) for a, b in claims]}
     return table
 
@@ -97,10 +120,23 @@ def fmt(x: float, digits: int) -> str:
     return "–" if math.isnan(x) else f"{x:.{digits}f}"
 
 
-def markdown(table: dict, digits: int) -> str:
+def markdown(table: dict, digits: int, n_blocks: int = 0, level: float | None = None) -> str:
     pct = f"{round(100 * table['last_fraction'])} %"
     lines = []
     for metric, t in table["metrics"].items():
+        if n_blocks:
+            lines += [f"{metric} in {n_blocks} consecutive blocks of each run's evaluations (mean over seeds):", "",
+                      "| variant | " + " | ".join(f"block {i + 1}" for i in range(n_blocks)) + " |",
+                      "|---" * (n_blocks + 1) + "|"]
+            lines += [f"| {label} | " + " | ".join(fmt(x, digits) for x in r["blocks"]) + " |"
+                      for label, r in t["variants"].items() if r.get("blocks")]
+            lines.append("")
+        if level is not None:
+            lines += [f"env steps of the first evaluation with {metric} >= {level} (per seed):", "",
+                      "| variant | per seed |", "|---|---|"]
+            lines += [f"| {label} | " + ", ".join("never" if x is None else f"{x:,}" for x in r["first_at"]) + " |"
+                      for label, r in t["variants"].items()]
+            lines.append("")
         lines += [f"{metric}, averaged over each run and over its last {pct} of evaluations (mean ± 95 % CI over "
                   "seeds; per seed in brackets):", "",
                   f"| variant | seeds | over the run | last {pct} |", "|---|---|---|---|"]
@@ -129,6 +165,10 @@ def main(argv=None):
     p.add_argument("--above", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="an ordering to test: variant A above variant B (repeatable)")
     p.add_argument("--digits", type=int, default=3, help="decimals printed (default 3)")
+    p.add_argument("--blocks", type=int, default=0, help="also the metric over this many consecutive blocks of "
+                                                         "each run's evaluations")
+    p.add_argument("--first-at", type=float, default=None, metavar="LEVEL",
+                   help="also the env steps of each seed's first evaluation with the metric >= LEVEL")
     p.add_argument("--out", default=None, help="write benchmarks/results/<out>.json and <out>.md")
     a = p.parse_args(argv)
     if not os.path.isfile(a.results):
@@ -142,8 +182,10 @@ def main(argv=None):
         if not set(pair) <= labels or pair[0] == pair[1]:
             raise SystemExit(f"error: --above: {' '.join(pair)}; must name two different variants of "
                              f"{os.path.basename(a.results)}: {', '.join(sorted(labels))}")
-    table = build(results, a.metric or ["eval/return"], a.last, [tuple(x) for x in a.above])
-    text = markdown(table, a.digits)
+    if a.blocks < 0:
+        raise SystemExit(f"error: --blocks: {a.blocks}; must be >= 0")
+    table = build(results, a.metric or ["eval/return"], a.last, [tuple(x) for x in a.above], a.blocks, a.first_at)
+    text = markdown(table, a.digits, a.blocks, a.first_at)
     print(text)
     if a.out:
         base = os.path.join(ROOT, "benchmarks", "results", a.out)

@@ -74,3 +74,15 @@ def test_command_line_writes_json_and_markdown_and_refuses_a_bad_claim(tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "| a | 3 | 1.00 ± 0.00 (1.00, 1.00, 1.00) | 2.67 ±" in ok.stdout
     assert "| a above b | 3 |" in ok.stdout
+
+
+def test_blocks_and_first_evaluation_at_a_level():
+    run = {"evals": [{"m": y, "env_steps": 100 * (i + 1)} for i, y in enumerate([0, 1, 2, 3, 4])]}
+    # np.array_split of 5 into 2: (0, 1, 2) and (3, 4)
+    assert table.blocks(run, "m", 2) == [1.0, 3.5]
+    assert table.blocks(run, "m", 6) == []  # fewer evaluations than blocks
+    assert table.first_at(run, "m", 2.5) == 400 and table.first_at(run, "m", 9) is None
+    res = results({"a": {1: [0, 0, 1, 1], 2: [1, 1, 1, 1]}})
+    row = table.build(res, ["m"], 0.2, [], n_blocks=2, level=1)["metrics"]["m"]["variants"]["a"]
+    assert row["blocks"] == [0.5, 1.0]  # seed 1: (0, 1); seed 2: (1, 1); mean over seeds
+    assert row["first_at"] == [None, None]  # the hand-built rows carry no env_steps

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import signal
 
 import numpy as np
 
@@ -197,4 +198,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `table.py ... | head` ends quietly, as other command-line tools do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     main()

@@ -86,3 +86,17 @@ def test_blocks_and_first_evaluation_at_a_level():
     row = table.build(res, ["m"], 0.2, [], n_blocks=2, level=1)["metrics"]["m"]["variants"]["a"]
     assert row["blocks"] == [0.5, 1.0]  # seed 1: (0, 1); seed 2: (1, 1); mean over seeds
     assert row["first_at"] == [None, None]  # the hand-built rows carry no env_steps
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RES))
+    # `table.py r.json | head -1`: the reader goes away after the first line
+    many = ["--above", "a", "b"] * 3000  # far more output than a pipe holds
+    p = subprocess.Popen([sys.executable, SCRIPT, str(path), "--metric", "m"] + many,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -5,7 +5,9 @@ of its episode.
 SIL (Oh et al. 2018) should imitate the actions of the agent's good episodes: P(i) ~ (R_i - V(s_i))_+^alpha, with
 R the discounted return-to-go and V = min_k Q_k(s, pi(s)) (mcat.py's sil_advantage). With rewards paid every n steps
 and no phase in the observation, R also depends on how far the step is from the next payment, which V cannot see.
-This script measures both dependences on the buffer as it is at the checkpoint:
+This script measures both dependences on the buffer as it is at the checkpoint, and how the sample would rank
+episodes if V were replaced by the buffer's mean R at each phase (a V that sees the phase and fits these returns)
+or by its mean R over all steps:
 
     python benchmarks/sil_diagnostic.py benchmarks/runs/mcat-single-armature0.2-delay500/td3_sil__seed1 \\
         --name mcat-sil-diagnostic-armature0.2-delay500
@@ -104,6 +106,20 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
     sigma = float(running_returns(rew, t, args["gamma"]).std())
     mass_oh = np.maximum(np.minimum(adv / sigma, clip), 1e-6) ** alpha
     mass_oh = mass_oh / mass_oh.sum()
+
+    def ranking(v_ref: np.ndarray) -> dict:
+        """The same sample with V replaced by a reference baseline, in raw units and on Oh et al.'s scale."""
+        a = ret - v_ref
+        out = {"share_R_above_V": float((a > 0).mean())}
+        for key, unit in (("raw", 1.0), ("return_std_scale", sigma)):
+            m = np.maximum(np.minimum(a / unit, clip), 1e-6) ** alpha
+            out[key] = {"share_clipped": float((a / unit >= clip).mean()),
+                        "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=m / m.sum())[top].sum())}
+        return out
+
+    # What V would have to be for the sample to rank episodes: the buffer's own mean R at each phase (a V that
+    # sees the phase and is fitted to these returns), and its mean R over all steps (fitted, but phase-blind)
+    phase_mean = np.bincount(phase, weights=ret, minlength=delay) / np.maximum(np.bincount(phase, minlength=delay), 1)
     return {"run_dir": os.path.relpath(run_dir, ROOT), "iteration": int(ckpt["iteration"]),
             "env_steps": int(ckpt["env_steps"]), "reward_delay": delay, "sil_adv_clip": clip, "sil_alpha": alpha,
             "transitions": int(len(ret)), "episodes": int(len(ep_return)),
@@ -117,7 +133,9 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
             "steps_in_top_10pct_episodes": float(ep_steps[top].sum() / ep_steps.sum()),
             "spearman_phase_vs_R_minus_V": spearman(phase.astype(float), adv),
             "return_std_scale": {"sigma": sigma, "share_clipped": float((adv / sigma >= clip).mean()),
-                                 "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=mass_oh)[top].sum())}}
+                                 "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=mass_oh)[top].sum())},
+            "reference_V": {"phase_mean_R": ranking(phase_mean[phase]),
+                            "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))}}
 
 
 def main(argv=None):
@@ -147,6 +165,13 @@ def main(argv=None):
     o = r["return_std_scale"]
     print(f"  on Oh et al.'s scale ((R - V) / {o['sigma']:.1f}, the std of the running discounted return): clipped on "
           f"{o['share_clipped']:.1%}, the best 10% of episodes hold {o['SIL_mass_on_top_10pct_episodes']:.1%} of the mass")
+    for key, what in (("phase_mean_R", "V = the buffer's mean R at the step's phase"),
+                      ("buffer_mean_R", "V = the buffer's mean R")):
+        ref = r["reference_V"][key]
+        print(f"  with {what}: R > V on {ref['share_R_above_V']:.1%}, clipped on {ref['raw']['share_clipped']:.1%} "
+              f"({ref['return_std_scale']['share_clipped']:.1%} on Oh et al.'s scale), the best 10% of episodes hold "
+              f"{ref['raw']['SIL_mass_on_top_10pct_episodes']:.1%} "
+              f"({ref['return_std_scale']['SIL_mass_on_top_10pct_episodes']:.1%}) of the mass")
     if a.name:
         out = os.path.join(ROOT, "benchmarks", "results", f"{a.name}.json")
         with open(out, "w") as f:

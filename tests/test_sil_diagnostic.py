@@ -70,6 +70,27 @@ def test_mass_follows_the_clipped_return_by_phase_and_episode(diag, tmp_path):
     assert r["return_std_scale"]["share_clipped"] == pytest.approx(np.mean(R / sigma >= 1))
 
 
+def test_reference_baselines_rank_the_same_buffer_by_hand(diag, tmp_path):
+    # the buffer above; phase 0 holds R = 0.5, 2, -2, -1 (mean -0.125), phase 1 R = -1, 3, 0.25, 0.5 (mean 0.6875)
+    run = write_run(tmp_path, diag, [[0.5, -1.0, 2.0, 3.0], [-2.0, 0.25, -1.0, 0.5]])
+    ref = diag.diagnose(run, bins=2)["reference_V"]
+    # R - V = 0.625, -1.6875, 2.125, 2.3125 | -1.875, -0.4375, -0.875, -0.1875
+    by_phase = ref["phase_mean_R"]
+    assert by_phase["share_R_above_V"] == pytest.approx(3 / 8)
+    assert by_phase["raw"]["share_clipped"] == pytest.approx(2 / 8)
+    # priorities 0.625, 1e-6, 1, 1 | 1e-6 x 4: the better episode holds all but 4e-6 of the mass
+    assert by_phase["raw"]["SIL_mass_on_top_10pct_episodes"] == pytest.approx((2.625 + 1e-6) / (2.625 + 5e-6))
+    # the buffer's mean R is 2.25 / 8: R - V = 0.21875, -1.28125, 1.71875, 2.71875 | -2.28125, -0.03125, -1.28125,
+    # 0.21875 -> priorities 0.21875, 1e-6, 1, 1 | 1e-6, 1e-6, 1e-6, 0.21875
+    flat = ref["buffer_mean_R"]
+    assert flat["share_R_above_V"] == pytest.approx(4 / 8) and flat["raw"]["share_clipped"] == pytest.approx(2 / 8)
+    assert flat["raw"]["SIL_mass_on_top_10pct_episodes"] == pytest.approx((2.21875 + 1e-6) / (2.4375 + 4e-6))
+    # on Oh et al.'s scale the clip is at sigma, the std of the running returns 0, 0, 0, 3, 0, 0, 0, 0.5
+    sigma = np.std([0, 0, 0, 3, 0, 0, 0, 0.5])
+    adv = np.array([0.21875, -1.28125, 1.71875, 2.71875, -2.28125, -0.03125, -1.28125, 0.21875])
+    assert flat["return_std_scale"]["share_clipped"] == pytest.approx(np.mean(adv / sigma >= 1))
+
+
 def test_a_wrapped_buffer_is_read_from_its_oldest_step_without_the_cut_episode(diag, tmp_path):
     # capacity 6, episodes of 4: A filled slots 0-3, then B slots 4, 5, 0, 1 (write pointer 2). Read from slot 2:
     # A's last two steps (its start was overwritten, so they are dropped), then B's four steps in order.

@@ -77,6 +77,9 @@ class Args:
     """evaluate only on the first N test tasks of the family (default: all)"""
     observation: Literal["authors", "full"] = "authors"
     """what C, F, H, pi and Q read: the authors' (qpos without the torso x (ant: x, y), qvel) or the family's all"""
+    observe_phase: bool = False
+    """append the step's phase within the reward delay, (t mod D) / D, to the observation (not in the paper or
+    the authors' code: a diagnostic for SIL under delayed rewards, benchmarks/mcat.md (d)); needs --reward-delay > 1"""
     # context encoder C and forward model F (§3.2, authors' Table-1 code)
     context_len: int = 10
     """K: past transitions (delta s, a) the context encoder reads"""
@@ -987,6 +990,8 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
                   ("data_policy_steps", args.transfer_recipe == "ours" or args.data_policy_steps > args.learning_starts,
                    f"must be > --learning-starts ({args.learning_starts}) with --transfer-recipe authors: a data "
                    "policy that never updated is the untrained network, not a mediocre one")]
+    rules += [("observe_phase", not args.observe_phase or args.reward_delay > 1,
+               "needs --reward-delay > 1 (with dense rewards there is no phase)")]
     rules += [("transfer_recipe", args.mode == "transfer" or args.transfer_recipe == "ours",
                "needs --mode transfer (it is the recipe of Table 1's fixed-data experiment)")]
     for name, ok, allowed in rules:
@@ -1190,8 +1195,36 @@ AUTHORS_OBSERVATION = {"cheetah-armature": (1, 18), "cheetah-mass": (1, 18), "ho
                        "ant-damping": (2, 29), "ant-cripple": (2, 29)}
 
 
+class PhaseObservation(gym.Wrapper):
+    """--observe-phase: the observation gains one last column, (t mod D) / D, where t counts the steps since reset
+    and D is the reward delay, so it is 0 right after each payment. Without it V(s) cannot tell a step just after a
+    payment from one just before the next, and SIL's R - V then measures the phase rather than the episode
+    (benchmarks/sil_diagnostic.py)."""
+
+    def __init__(self, env: gym.Env, delay: int):
+        super().__init__(env)
+        self.delay, self._t = delay, 0
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(np.append(low, 0.0).astype(np.float32),
+                                                np.append(high, 1.0).astype(np.float32), dtype=np.float32)
+
+    def _with_phase(self, obs: np.ndarray) -> np.ndarray:
+        return np.append(obs, (self._t % self.delay) / self.delay).astype(np.float32)
+
+    def reset(self, **kwargs):
+        self._t = 0
+        obs, info = self.env.reset(**kwargs)
+        return self._with_phase(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._t += 1
+        return self._with_phase(obs), reward, terminated, truncated, info
+
+
 def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = False) -> list:
-    """One env per task; with --observation authors each returns only the authors' columns (other families: all)."""
+    """One env per task; with --observation authors each returns only the authors' columns (other families: all),
+    with --observe-phase one more column, the phase within the reward delay."""
     out = []
     for k, task in enumerate(tasks):
         try:
@@ -1204,6 +1237,8 @@ def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = Fal
         if (lo, hi) != (0, None):
             space = gym.spaces.Box(-np.inf, np.inf, (hi - lo,), np.float32)
             e = gym.wrappers.TransformObservation(e, lambda o, lo=lo, hi=hi: o[lo:hi], space)
+        if args.observe_phase:
+            e = PhaseObservation(e, args.reward_delay)
         out.append(e)
     return out
 

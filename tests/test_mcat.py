@@ -241,6 +241,24 @@ def test_delayed_reward_sums_match_dense_rewards():
     np.testing.assert_allclose(paid[[9, 19, 24]], [dense[:10].sum(), dense[10:20].sum(), dense[20:].sum()])
 
 
+def test_observe_phase_appends_the_steps_since_the_last_payment():
+    args = mcat.Args(env="cheetah-armature", horizon=8, reward_delay=3, observe_phase=True)
+    (e,) = mcat.make_envs(args, envs.make("cheetah-armature").train_tasks[:1], seed=0)
+    obs, _ = e.reset(seed=0)
+    assert e.observation_space.shape == obs.shape == (17 + 1,)  # the authors' 17 columns, then the phase
+    phases, paid = [obs[-1]], []
+    for _ in range(8):
+        obs, r, _, trunc, _ = e.step(np.zeros(6))
+        phases.append(obs[-1])
+        paid.append(r != 0)
+    # after k steps the phase is (k mod 3) / 3: 0 again right after each payment (steps 3 and 6) and at the start
+    np.testing.assert_allclose(phases, [0, 1 / 3, 2 / 3, 0, 1 / 3, 2 / 3, 0, 1 / 3, 2 / 3], rtol=1e-6)
+    assert trunc and np.flatnonzero(paid).tolist() == [2, 5, 7]
+    np.testing.assert_allclose(obs[:-1], np.concatenate([e.unwrapped.data.qpos[1:], e.unwrapped.data.qvel]),
+                               rtol=1e-6)
+    assert e.reset(seed=1)[0][-1] == 0.0
+
+
 # ---------------------------------------------------------------------------- transfer rule (§3.4)
 def test_transfer_rule_picks_the_better_recent_average():
     h = lambda *items: deque(items, maxlen=4)  # noqa: E731
@@ -485,6 +503,7 @@ def bad(tmp_path, kind):
     (["--num-test-tasks", "9"], ["--num-test-tasks 9", "[1, 6]"]),
     (["--total-timesteps", "0"], ["--total-timesteps 0"]),
     (["--reward-delay", "0"], ["--reward-delay 0"]),
+    (["--mode", "transfer", "--observe-phase"], ["--observe-phase", "--reward-delay > 1"]),
     (["--batch-size", "0"], ["--batch-size 0"]),
     (["--buffer-size", "999"], ["--buffer-size 999", "--horizon (1000)"]),
     (["--sil-alpha", "0"], ["--sil-alpha 0.0"]),

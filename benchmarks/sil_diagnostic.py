@@ -85,8 +85,13 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
         v = torch.min(nets["qf1"](obs, pi, z), nets["qf2"](obs, pi, z)).squeeze(-1).numpy()
     adv = ret - v
     clip, alpha, delay = args["sil_adv_clip"], args["sil_alpha"], args["reward_delay"]
-    mass = np.maximum(np.minimum(adv, clip), 1e-6) ** alpha  # SIL's priorities p^alpha, freshly computed
-    mass = mass / mass.sum()
+
+    def sample_mass(a: np.ndarray, unit: float = 1.0) -> np.ndarray:
+        """SIL's sampling probabilities p^alpha / sum, p = (a / unit)_+ clipped at `clip` (freshly computed)."""
+        m = np.maximum(np.minimum(a / unit, clip), 1e-6) ** alpha
+        return m / m.sum()
+
+    mass = sample_mass(adv)
     ep = episode_ids(t)
     ep_return = np.bincount(ep, weights=rew)
     ep_mass = np.bincount(ep, weights=mass)
@@ -104,17 +109,16 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
     # VecNormalize, ret = gamma * ret + r per episode), so their clip of 1 is one such std: the same ranking on that
     # scale, to tell the clip's unit apart from what R - V itself can rank
     sigma = float(running_returns(rew, t, args["gamma"]).std())
-    mass_oh = np.maximum(np.minimum(adv / sigma, clip), 1e-6) ** alpha
-    mass_oh = mass_oh / mass_oh.sum()
+    mass_oh = sample_mass(adv, sigma)
 
     def ranking(v_ref: np.ndarray) -> dict:
         """The same sample with V replaced by a reference baseline, in raw units and on Oh et al.'s scale."""
         a = ret - v_ref
         out = {"share_R_above_V": float((a > 0).mean())}
         for key, unit in (("raw", 1.0), ("return_std_scale", sigma)):
-            m = np.maximum(np.minimum(a / unit, clip), 1e-6) ** alpha
+            top_mass = np.bincount(ep, weights=sample_mass(a, unit))[top].sum()
             out[key] = {"share_clipped": float((a / unit >= clip).mean()),
-                        "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=m / m.sum())[top].sum())}
+                        "SIL_mass_on_top_10pct_episodes": float(top_mass)}
         return out
 
     # What V would have to be for the sample to rank episodes: the buffer's own mean R at each phase (a V that

@@ -1,17 +1,15 @@
 """MCAT: "Learning Action Translator for Meta Reinforcement Learning on Sparse-Reward Tasks" (Guo, Wu, Lee, AAAI
-2022). The paper's Eq. 1 (forward-model loss L_forw), Eq. 2 (contrastive loss L_cont), Eq. 3 (translator loss
-L_trans); §3.4 context-conditioned TD3 with policy transfer (Fig. 2e); §5.2 delayed rewards and self-imitation
-learning (SIL, Oh et al. 2018, arXiv:1806.05635, their equation numbers).
-Meta mode (Tables 2-4; rewards paid as a sum every `reward_delay` steps), per iteration one episode on every
-train task, then (Fig. 2): (a, b) context encoder C (last K transitions -> z_t) and forward model F by Eq. 1 +
-Eq. 2, then the task features z^(i) (§3.2); (c) C, F frozen, the action translator H(s, a, z_src, z_tgt) by
-Eq. 3; (d) C frozen, TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) task i is collected with pi(s, z_t) or, when it
-earned more there recently, with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Test tasks: pi, z_t
-inferred online. Transfer mode (Table 1): a TD3 source policy, fixed data on source and target (ours: it plus
-noise; --transfer-recipe authors: each task's own mediocre TD3 policy), C/F and H fit on it; pi vs H on the target.
+2022): Eq. 1 forward-model loss L_forw, Eq. 2 contrastive loss L_cont, Eq. 3 translator loss L_trans; §3.4 context
+TD3 with policy transfer (Fig. 2e); §5.2 delayed rewards and self-imitation learning (SIL, Oh et al. 2018,
+arXiv:1806.05635, their equation numbers). Sizes for a 2-core CPU: benchmarks/mcat.md; open choices: docs/mcat.md.
+Meta mode (Tables 2-4; rewards paid as a sum every `reward_delay` steps), per iteration one episode on every train
+task, then (Fig. 2): (a, b) context encoder C (last K transitions -> z_t) and forward model F by Eq. 1 + Eq. 2, then
+the task features z^(i) (§3.2); (c) C, F frozen, the action translator H(s, a, z_src, z_tgt) by Eq. 3; (d) C frozen,
+TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) task i is collected with pi(s, z_t) or, when it earned more there recently,
+with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Test tasks: pi, z_t inferred online. Table 1 (--mode
+transfer): a TD3 source policy; fixed data on both tasks (ours: it + noise; authors': each task's own TD3); C/F, H fit.
     python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]       # MCAT [w/o PT] (Tables 2-4)
     python mcat.py --env cheetah-armature --mode transfer [--transfer-recipe authors]   # Table 1
-Reduced settings for a 2-core CPU: benchmarks/mcat.md; choices the paper leaves open: docs/mcat.md.
 """
 
 import contextlib
@@ -78,8 +76,7 @@ class Args:
     observation: Literal["authors", "full"] = "authors"
     """what C, F, H, pi and Q read: the authors' (qpos without the torso x (ant: x, y), qvel) or the family's all"""
     observe_phase: bool = False
-    """append the step's phase within the reward delay, (t mod D) / D, to the observation (not in the paper or
-    the authors' code: a diagnostic for SIL under delayed rewards, benchmarks/mcat.md (d)); needs --reward-delay > 1"""
+    """append (t mod D) / D, the step's phase in the reward delay, to the observation (a diagnostic, not the paper's)"""
     # context encoder C and forward model F (§3.2, authors' Table-1 code)
     context_len: int = 10
     """K: past transitions (delta s, a) the context encoder reads"""

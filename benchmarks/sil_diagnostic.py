@@ -7,7 +7,8 @@ R the discounted return-to-go and V = min_k Q_k(s, pi(s)) (mcat.py's sil_advanta
 and no phase in the observation, R also depends on how far the step is from the next payment, which V cannot see.
 This script measures both dependences on the buffer as it is at the checkpoint, and how the sample would rank
 episodes if V were replaced by the buffer's mean R at each phase (a V that sees the phase and fits these returns)
-or by its mean R over all steps:
+or by its mean R over all steps, and with each critic alone or their mean as V (how much of V's offset is the
+twin minimum):
 
     python benchmarks/sil_diagnostic.py benchmarks/runs/mcat-single-armature0.2-delay500/td3_sil__seed1 \\
         --name mcat-sil-diagnostic-armature0.2-delay500
@@ -82,7 +83,8 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
     z = torch.zeros(len(obs), args["context_dim"])
     with torch.no_grad():
         pi = nets["actor"](obs, z)
-        v = torch.min(nets["qf1"](obs, pi, z), nets["qf2"](obs, pi, z)).squeeze(-1).numpy()
+        q1, q2 = (nets[k](obs, pi, z).squeeze(-1).numpy() for k in ("qf1", "qf2"))
+    v = np.minimum(q1, q2)
     adv = ret - v
     clip, alpha, delay = args["sil_adv_clip"], args["sil_alpha"], args["reward_delay"]
 
@@ -139,7 +141,10 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
             "return_std_scale": {"sigma": sigma, "share_clipped": float((adv / sigma >= clip).mean()),
                                  "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=mass_oh)[top].sum())},
             "reference_V": {"phase_mean_R": ranking(phase_mean[phase]),
-                            "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))}}
+                            "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))},
+            # how much of V's offset below R is the twin minimum: each critic alone and their mean as V
+            "critic_V": {key: {"mean_V": float(q.mean()), **ranking(q)}
+                         for key, q in (("qf1", q1), ("qf2", q2), ("mean_of_critics", (q1 + q2) / 2))}}
 
 
 def main(argv=None):
@@ -168,7 +173,8 @@ def main(argv=None):
           f"{r['spearman_phase_vs_R_minus_V']:+.2f}")
     o = r["return_std_scale"]
     print(f"  on Oh et al.'s scale ((R - V) / {o['sigma']:.1f}, the std of the running discounted return): clipped on "
-          f"{o['share_clipped']:.1%}, the best 10% of episodes hold {o['SIL_mass_on_top_10pct_episodes']:.1%} of the mass")
+          f"{o['share_clipped']:.1%}, the best 10% of episodes hold {o['SIL_mass_on_top_10pct_episodes']:.1%} of the "
+          "mass")
     for key, what in (("phase_mean_R", "V = the buffer's mean R at the step's phase"),
                       ("buffer_mean_R", "V = the buffer's mean R")):
         ref = r["reference_V"][key]
@@ -176,6 +182,13 @@ def main(argv=None):
               f"({ref['return_std_scale']['share_clipped']:.1%} on Oh et al.'s scale), the best 10% of episodes hold "
               f"{ref['raw']['SIL_mass_on_top_10pct_episodes']:.1%} "
               f"({ref['return_std_scale']['SIL_mass_on_top_10pct_episodes']:.1%}) of the mass")
+    for key, what in (("qf1", "V = Q1(s, pi(s))"), ("qf2", "V = Q2(s, pi(s))"),
+                      ("mean_of_critics", "V = the critics' mean at pi(s)")):
+        ref = r["critic_V"][key]
+        print(f"  with {what} (mean {ref['mean_V']:.1f}): R > V on {ref['share_R_above_V']:.1%}, clipped on "
+              f"{ref['raw']['share_clipped']:.1%}, the best 10% of episodes hold "
+              f"{ref['raw']['SIL_mass_on_top_10pct_episodes']:.1%} "
+              f"({ref['return_std_scale']['SIL_mass_on_top_10pct_episodes']:.1%} on Oh et al.'s scale) of the mass")
     if a.name:
         out = os.path.join(ROOT, "benchmarks", "results", f"{a.name}.json")
         with open(out, "w") as f:

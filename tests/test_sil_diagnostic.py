@@ -91,6 +91,28 @@ def test_reference_baselines_rank_the_same_buffer_by_hand(diag, tmp_path):
     assert flat["return_std_scale"]["share_clipped"] == pytest.approx(np.mean(adv / sigma >= 1))
 
 
+def test_each_critic_and_their_mean_as_v_by_hand(diag, tmp_path):
+    # the buffer above with Q1 = 1 and Q2 = -1.5 everywhere (zero last weight, that bias): SIL's V is their minimum,
+    # -1.5, and R > V on all but R = -2; with Q1 as V on 2 and 3 only; with Q2 as V it is SIL's own V
+    run = write_run(tmp_path, diag, [[0.5, -1.0, 2.0, 3.0], [-2.0, 0.25, -1.0, 0.5]])
+    ckpt = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
+    for q, b in (("qf1", 1.0), ("qf2", -1.5)):
+        last_bias = [k for k in ckpt[q] if k.endswith("bias")][-1]
+        ckpt[q][last_bias].fill_(b)
+    torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
+    r = diag.diagnose(run, bins=2)
+    assert r["mean_V"] == pytest.approx(-1.5) and r["share_R_above_V"] == pytest.approx(7 / 8)
+    critics = r["critic_V"]
+    assert [critics[k]["mean_V"] for k in ("qf1", "qf2", "mean_of_critics")] == pytest.approx([1.0, -1.5, -0.25])
+    assert critics["qf1"]["share_R_above_V"] == pytest.approx(2 / 8)
+    assert critics["qf2"]["share_R_above_V"] == pytest.approx(7 / 8)
+    assert critics["qf2"]["raw"]["SIL_mass_on_top_10pct_episodes"] == pytest.approx(r["SIL_mass_on_top_10pct_episodes"])
+    # the mean, V = -0.25: R > V on 0.5, 2, 3, 0.25, 0.5; priorities 0.75, 1e-6, 1, 1 | 1e-6, 0.5, 1e-6, 0.75
+    mean = critics["mean_of_critics"]
+    assert mean["share_R_above_V"] == pytest.approx(5 / 8) and mean["raw"]["share_clipped"] == pytest.approx(2 / 8)
+    assert mean["raw"]["SIL_mass_on_top_10pct_episodes"] == pytest.approx((2.75 + 1e-6) / (4.0 + 3e-6))
+
+
 def test_a_wrapped_buffer_is_read_from_its_oldest_step_without_the_cut_episode(diag, tmp_path):
     # capacity 6, episodes of 4: A filled slots 0-3, then B slots 4, 5, 0, 1 (write pointer 2). Read from slot 2:
     # A's last two steps (its start was overwritten, so they are dropped), then B's four steps in order.

@@ -84,6 +84,8 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
     with torch.no_grad():
         pi = nets["actor"](obs, z)
         q1, q2 = (nets[k](obs, pi, z).squeeze(-1).numpy() for k in ("qf1", "qf2"))
+        # Q at the stored action: what each critic says the buffer's own transitions are worth, beside their R
+        q_stored = {k: float(nets[k](obs, act, z).mean()) for k in ("qf1", "qf2")}
     v = np.minimum(q1, q2)
     adv = ret - v
     clip, alpha, delay = args["sil_adv_clip"], args["sil_alpha"], args["reward_delay"]
@@ -143,6 +145,7 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
             "reference_V": {"phase_mean_R": ranking(phase_mean[phase]),
                             "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))},
             # how much of V's offset below R is the twin minimum: each critic alone and their mean as V
+            "mean_Q_at_stored_action": q_stored,
             "critic_V": {key: {"mean_V": float(q.mean()), **ranking(q)}
                          for key, q in (("qf1", q1), ("qf2", q2), ("mean_of_critics", (q1 + q2) / 2))}}
 
@@ -182,6 +185,8 @@ def main(argv=None):
               f"({ref['return_std_scale']['share_clipped']:.1%} on Oh et al.'s scale), the best 10% of episodes hold "
               f"{ref['raw']['SIL_mass_on_top_10pct_episodes']:.1%} "
               f"({ref['return_std_scale']['SIL_mass_on_top_10pct_episodes']:.1%}) of the mass")
+    q = r["mean_Q_at_stored_action"]
+    print(f"  at the stored actions: mean Q1 {q['qf1']:.1f}, Q2 {q['qf2']:.1f}, against mean R {r['mean_R']:.1f}")
     for key, what in (("qf1", "V = Q1(s, pi(s))"), ("qf2", "V = Q2(s, pi(s))"),
                       ("mean_of_critics", "V = the critics' mean at pi(s)")):
         ref = r["critic_V"][key]

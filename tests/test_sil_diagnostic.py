@@ -102,6 +102,7 @@ def test_each_critic_and_their_mean_as_v_by_hand(diag, tmp_path):
     torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
     r = diag.diagnose(run, bins=2)
     assert r["mean_V"] == pytest.approx(-1.5) and r["share_R_above_V"] == pytest.approx(7 / 8)
+    assert r["mean_Q_at_stored_action"] == pytest.approx({"qf1": 1.0, "qf2": -1.5})
     critics = r["critic_V"]
     assert [critics[k]["mean_V"] for k in ("qf1", "qf2", "mean_of_critics")] == pytest.approx([1.0, -1.5, -0.25])
     assert critics["qf1"]["share_R_above_V"] == pytest.approx(2 / 8)

@@ -133,6 +133,7 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
             "transitions": int(len(ret)), "episodes": int(len(ep_return)),
             "share_R_above_V": float((adv > 0).mean()), "share_clipped": float((adv >= clip).mean()),
             "mean_R_minus_V": float(adv.mean()), "mean_V": float(v.mean()), "mean_R": float(ret.mean()),
+            "mean_reward_per_step": float(rew.mean()),
             "episode_return": {"min": float(ep_return.min()), "median": float(np.median(ep_return)),
                                "max": float(ep_return.max())},
             "by_phase": by_phase,
@@ -186,7 +187,8 @@ def main(argv=None):
               f"{ref['raw']['SIL_mass_on_top_10pct_episodes']:.1%} "
               f"({ref['return_std_scale']['SIL_mass_on_top_10pct_episodes']:.1%}) of the mass")
     q = r["mean_Q_at_stored_action"]
-    print(f"  at the stored actions: mean Q1 {q['qf1']:.1f}, Q2 {q['qf2']:.1f}, against mean R {r['mean_R']:.1f}")
+    print(f"  at the stored actions: mean Q1 {q['qf1']:.1f}, Q2 {q['qf2']:.1f}, against mean R {r['mean_R']:.1f} "
+          f"(mean reward per step {r['mean_reward_per_step']:.4f})")
     for key, what in (("qf1", "V = Q1(s, pi(s))"), ("qf2", "V = Q2(s, pi(s))"),
                       ("mean_of_critics", "V = the critics' mean at pi(s)")):
         ref = r["critic_V"][key]

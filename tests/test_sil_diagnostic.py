@@ -61,6 +61,7 @@ def test_mass_follows_the_clipped_return_by_phase_and_episode(diag, tmp_path):
     assert [b["share_of_SIL_mass"] for b in r["by_phase"]] == pytest.approx([phase0, phase1])
     assert [b["mean_R"] for b in r["by_phase"]] == pytest.approx([(0.5 + 2 - 2 - 1) / 4, (-1 + 3 + 0.25 + 0.5) / 4])
     assert r["episodes"] == 2 and r["episode_return"]["max"] == pytest.approx(3.0)
+    assert r["mean_reward_per_step"] == pytest.approx((3.0 + 0.5) / 8)  # rewards 0, 0, 0, 3 | 0, 0, 0, 0.5
     # the better episode (return 3) is the top 10 % and holds p[:4]
     assert r["SIL_mass_on_top_10pct_episodes"] == pytest.approx(p[:4].sum())
     # running returns (gamma 0.5): rewards 0, 0, 0, 3 | 0, 0, 0, 0.5 -> 0, 0, 0, 3, 0, 0, 0, 0.5

@@ -71,13 +71,14 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
         order = np.arange(n)
     else:  # the oldest transition sits at the write pointer
         order = (int(buf["ptr"][0]) + np.arange(n)) % n
-    obs, act = (torch.as_tensor(buf[k][0, order]) for k in ("obs", "act"))
+    obs, act, delta = (torch.as_tensor(buf[k][0, order]) for k in ("obs", "act", "delta"))
     ret, rew, t = (buf[k][0, order] for k in ("ret", "rew", "t"))
     first = int(np.argmax(t == 0))  # drop a partial episode the FIFO cut at the front
-    obs, act, ret, rew, t = obs[first:], act[first:], ret[first:], rew[first:], t[first:]
+    obs, act, delta, ret, rew, t = obs[first:], act[first:], delta[first:], ret[first:], rew[first:], t[first:]
     obs_dim, act_dim = obs.shape[-1], act.shape[-1]
     nets = {}
-    for name, cls in (("actor", mcat.Actor), ("qf1", mcat.QNetwork), ("qf2", mcat.QNetwork)):
+    for name, cls in (("actor", mcat.Actor), ("qf1", mcat.QNetwork), ("qf2", mcat.QNetwork),
+                      ("actor_t", mcat.Actor), ("qf1_t", mcat.QNetwork), ("qf2_t", mcat.QNetwork)):
         nets[name] = cls(obs_dim, act_dim, args["context_dim"])
         nets[name].load_state_dict(ckpt[name])
     z = torch.zeros(len(obs), args["context_dim"])
@@ -86,6 +87,16 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
         q1, q2 = (nets[k](obs, pi, z).squeeze(-1).numpy() for k in ("qf1", "qf2"))
         # Q at the stored action: what each critic says the buffer's own transitions are worth, beside their R
         q_stored = {k: float(nets[k](obs, act, z).mean()) for k in ("qf1", "qf2")}
+        # TD3's clipped double-Q target takes min(Q1', Q2') at (s', pi'(s') + clipped noise) (mcat.py td3_update);
+        # against their mean that is a step down of gamma * E[mean - min] at every bootstrap, which compounds over
+        # the 1 / (1 - gamma) horizon. The noise is drawn from a fixed generator, so the number is reproducible.
+        g = torch.Generator().manual_seed(0)
+        noise = (torch.randn(act.shape, generator=g) * args["policy_noise"]).clamp(-args["noise_clip"],
+                                                                                 args["noise_clip"])
+        next_obs = obs + delta
+        next_act = (nets["actor_t"](next_obs, z) + noise).clamp(-1.0, 1.0)
+        qt1, qt2 = (nets[k](next_obs, next_act, z) for k in ("qf1_t", "qf2_t"))
+        min_step = args["gamma"] * float(((qt1 + qt2) / 2 - torch.min(qt1, qt2)).mean())
     v = np.minimum(q1, q2)
     adv = ret - v
     clip, alpha, delay = args["sil_adv_clip"], args["sil_alpha"], args["reward_delay"]
@@ -147,6 +158,7 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
                             "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))},
             # how much of V's offset below R is the twin minimum: each critic alone and their mean as V
             "mean_Q_at_stored_action": q_stored,
+            "target_min_step": {"per_bootstrap": min_step, "over_horizon": min_step / (1 - args["gamma"])},
             "critic_V": {key: {"mean_V": float(q.mean()), **ranking(q)}
                          for key, q in (("qf1", q1), ("qf2", q2), ("mean_of_critics", (q1 + q2) / 2))}}
 
@@ -189,6 +201,9 @@ def main(argv=None):
     q = r["mean_Q_at_stored_action"]
     print(f"  at the stored actions: mean Q1 {q['qf1']:.1f}, Q2 {q['qf2']:.1f}, against mean R {r['mean_R']:.1f} "
           f"(mean reward per step {r['mean_reward_per_step']:.4f})")
+    m = r["target_min_step"]
+    print(f"  the clipped double-Q target steps down by {m['per_bootstrap']:.4f} per bootstrap against the target "
+          f"critics' mean ({m['over_horizon']:.1f} over the 1 / (1 - gamma) horizon)")
     for key, what in (("qf1", "V = Q1(s, pi(s))"), ("qf2", "V = Q2(s, pi(s))"),
                       ("mean_of_critics", "V = the critics' mean at pi(s)")):
         ref = r["critic_V"][key]

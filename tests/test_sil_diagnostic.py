@@ -28,7 +28,9 @@ def write_run(tmp_path, diag, rets, delay=2, clip=1.0, alpha=1.0, capacity=100):
     obs_dim, act_dim, ctx = 3, 2, 4
     nets = {"actor": mcat.Actor(obs_dim, act_dim, ctx), "qf1": mcat.QNetwork(obs_dim, act_dim, ctx),
             "qf2": mcat.QNetwork(obs_dim, act_dim, ctx)}
-    for q in ("qf1", "qf2"):
+    nets.update({k + "_t": mcat.Actor(obs_dim, act_dim, ctx) if k == "actor" else mcat.QNetwork(obs_dim, act_dim, ctx)
+                 for k in ("actor", "qf1", "qf2")})
+    for q in ("qf1", "qf2", "qf1_t", "qf2_t"):
         torch.nn.init.zeros_(nets[q].net[-1].weight)
         torch.nn.init.zeros_(nets[q].net[-1].bias)
     ret = np.asarray(rets, np.float32).reshape(-1)
@@ -37,10 +39,11 @@ def write_run(tmp_path, diag, rets, delay=2, clip=1.0, alpha=1.0, capacity=100):
     rew = np.zeros(n, np.float32)
     rew[t == 3] = np.asarray(rets, np.float32)[:, 3]  # an episode's return is its rewards' sum
     buf = {"obs": np.random.default_rng(0).normal(size=(1, n, obs_dim)).astype(np.float32),
-           "act": np.zeros((1, n, act_dim), np.float32), "ret": ret[None], "rew": rew[None], "t": t[None],
+           "act": np.zeros((1, n, act_dim), np.float32), "delta": np.zeros((1, n, obs_dim), np.float32),
+           "ret": ret[None], "rew": rew[None], "t": t[None],
            "size": np.array([n]), "ptr": np.array([n % capacity])}
     args = {"context_dim": ctx, "gamma": 0.5, "sil_adv_clip": clip, "sil_alpha": alpha, "reward_delay": delay,
-            "buffer_size": capacity}
+            "buffer_size": capacity, "policy_noise": 0.2, "noise_clip": 0.5}
     torch.save({"args": args, "buffer": buf, "iteration": 1, "env_steps": n,
                 **{k: v.state_dict() for k, v in nets.items()}}, tmp_path / "checkpoint.pt")
     return str(tmp_path)
@@ -93,17 +96,21 @@ def test_reference_baselines_rank_the_same_buffer_by_hand(diag, tmp_path):
 
 
 def test_each_critic_and_their_mean_as_v_by_hand(diag, tmp_path):
-    # the buffer above with Q1 = 1 and Q2 = -1.5 everywhere (zero last weight, that bias): SIL's V is their minimum,
-    # -1.5, and R > V on all but R = -2; with Q1 as V on 2 and 3 only; with Q2 as V it is SIL's own V
+    # the buffer above with Q1 = 1 and Q2 = -1.5 everywhere (zero last weight, that bias; target critics 2 and -1):
+    # SIL's V is the online critics' minimum, -1.5, and R > V on all but R = -2; with Q1 as V on 2 and 3 only;
+    # with Q2 as V it is SIL's own V
     run = write_run(tmp_path, diag, [[0.5, -1.0, 2.0, 3.0], [-2.0, 0.25, -1.0, 0.5]])
     ckpt = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
-    for q, b in (("qf1", 1.0), ("qf2", -1.5)):
+    for q, b in (("qf1", 1.0), ("qf2", -1.5), ("qf1_t", 2.0), ("qf2_t", -1.0)):
         last_bias = [k for k in ckpt[q] if k.endswith("bias")][-1]
         ckpt[q][last_bias].fill_(b)
     torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
     r = diag.diagnose(run, bins=2)
     assert r["mean_V"] == pytest.approx(-1.5) and r["share_R_above_V"] == pytest.approx(7 / 8)
     assert r["mean_Q_at_stored_action"] == pytest.approx({"qf1": 1.0, "qf2": -1.5})
+    # target critics 2 and -1: mean 0.5, min -1, so the min target steps down gamma * 1.5 = 0.75 per bootstrap,
+    # 0.75 / (1 - 0.5) = 1.5 over the horizon (the online critics would give 0.625)
+    assert r["target_min_step"] == pytest.approx({"per_bootstrap": 0.75, "over_horizon": 1.5})
     critics = r["critic_V"]
     assert [critics[k]["mean_V"] for k in ("qf1", "qf2", "mean_of_critics")] == pytest.approx([1.0, -1.5, -0.25])
     assert critics["qf1"]["share_R_above_V"] == pytest.approx(2 / 8)

@@ -8,7 +8,8 @@ and no phase in the observation, R also depends on how far the step is from the 
 This script measures both dependences on the buffer as it is at the checkpoint, and how the sample would rank
 episodes if V were replaced by the buffer's mean R at each phase (a V that sees the phase and fits these returns)
 or by its mean R over all steps, and with each critic alone or their mean as V (how much of V's offset is the
-twin minimum):
+twin minimum). It also reads each critic at the stored actions against R, and the step down that TD3's clipped
+double-Q target takes per bootstrap (what compounds into the critics' offset):
 
     python benchmarks/sil_diagnostic.py benchmarks/runs/mcat-single-armature0.2-delay500/td3_sil__seed1 \\
         --name mcat-sil-diagnostic-armature0.2-delay500

@@ -157,9 +157,9 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
                                  "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=mass_oh)[top].sum())},
             "reference_V": {"phase_mean_R": ranking(phase_mean[phase]),
                             "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))},
-            # how much of V's offset below R is the twin minimum: each critic alone and their mean as V
             "mean_Q_at_stored_action": q_stored,
             "target_min_step": {"per_bootstrap": min_step, "over_horizon": min_step / (1 - args["gamma"])},
+            # how much of V's offset below R is the twin minimum: each critic alone and their mean as V
             "critic_V": {key: {"mean_V": float(q.mean()), **ranking(q)}
                          for key, q in (("qf1", q1), ("qf2", q2), ("mean_of_critics", (q1 + q2) / 2))}}
 

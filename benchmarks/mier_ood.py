@@ -8,9 +8,12 @@ Alg. 2. A run resumed from a `--no-relabel` checkpoint with `--relabel` into its
 (the meta-train rows are carried over), so one meta-trained checkpoint can give MIER at several Alg. 2 sizes.
 Writes `results/<name>.json` (mean ± std over runs; the paired per-run difference MIER − MIER-wR with a 95 %
 t-interval) and `results/<name>.png` (left: MIER-wR's test return during meta-training; right: MIER-wR's final
-return beside MIER after each Alg. 2 epoch).
+return beside MIER after each Alg. 2 epoch). A run is read from its run directory or from the `benchmarks/run.py`
+results file that holds it (that file keeps every run's evaluation rows), so runs of several invocations can be
+joined after their run directories are gone:
 
     python benchmarks/mier_ood.py benchmarks/runs/mier-ood-hard/MIER__seed{1,2,3} --name mier-ood-hard-mier-vs-wr
+    python benchmarks/mier_ood.py benchmarks/results/mier-ood-hard.json benchmarks/runs/mier-ood-hard-alg2/MIER__seed4
 """
 
 import argparse
@@ -24,17 +27,36 @@ import scipy.stats
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def read_rows(run_dir):
-    path = os.path.join(run_dir, "eval.jsonl")
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: no eval.jsonl in {run_dir}")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+def split_rows(rows, where):
+    """An eval.jsonl's rows -> (meta-train rows, relabel rows); a one-line error if either is missing."""
     train = [r for r in rows if r.get("phase") == "meta-train"]
     relabel = [r for r in rows if r.get("phase") == "relabel"]
     if not train or not relabel:
-        raise SystemExit(f"error: {run_dir} has no Alg. 2 rows; was it run with --relabel to the end?")
+        raise SystemExit(f"error: {where} has no Alg. 2 rows; was it run with --relabel to the end?")
     return train, relabel
+
+
+def read_runs(source):
+    """[(name, meta-train rows, relabel rows)] of a run directory (its eval.jsonl), or of every finished run with
+    Alg. 2 rows in a `benchmarks/run.py` results file (it keeps each run's evaluation rows; its run directories
+    need not exist any more)."""
+    if os.path.isdir(source):
+        path = os.path.join(source, "eval.jsonl")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: no eval.jsonl in {source}")
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [(source, *split_rows(rows, source))]
+    if not (os.path.isfile(source) and source.endswith(".json")):
+        raise SystemExit(f"error: {source} is neither a run directory nor a run.py results file (.json)")
+    with open(source) as f:
+        variants = json.load(f).get("variants", {})
+    runs = [(f"{source}:{label}:seed{seed}", *split_rows(run["evals"], f"{source} {label} seed {seed}"))
+            for label, v in variants.items() for seed, run in v.get("seeds", {}).items()
+            if run.get("rc") == 0 and any(r.get("phase") == "relabel" for r in run.get("evals", []))]
+    if not runs:
+        raise SystemExit(f"error: {source} holds no finished run with Alg. 2 rows")
+    return runs
 
 
 def mean_std(a):
@@ -44,10 +66,14 @@ def mean_std(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dirs", nargs="+", help="finished mier.py --relabel run directories (one per seed)")
+    p.add_argument("sources", nargs="+", help="finished mier.py --relabel run directories (one per seed), or "
+                   "run.py results files (.json) holding such runs")
     p.add_argument("--name", default="mier-ood-hard-mier-vs-wr", help="results/<name>.json and .png")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"),
+                   help="folder for <name>.json and .png (default benchmarks/results)")
     args = p.parse_args()
-    runs = [read_rows(d) for d in args.run_dirs]
+    named = [run for source in args.sources for run in read_runs(source)]
+    names, runs = [n for n, _, _ in named], [(t, r) for _, t, r in named]
     n_train = min(len(t) for t, _ in runs)
     n_rel = min(len(r) for _, r in runs)
     steps = np.mean([[row["env_steps"] for row in t[:n_train]] for t, _ in runs], 0).tolist()
@@ -62,13 +88,14 @@ def main():
     result = {
         "command": " ".join(sys.argv),
         "n_runs": len(runs),
+        "runs": names,
         "meta_train_curve": {"env_steps": steps, "mean": curve_mu, "std": curve_sd, "train_tasks_mean": train_mu},
         "mier_wr_final": {"mean": float(np.mean(wr_final)), "std": float(np.std(wr_final)), "per_run": wr_final},
         "mier_by_alg2_epoch": {"epoch": list(range(n_rel)), "mean": mier_mu, "std": mier_sd, "per_run": mier},
         "mier_final_minus_wr": {"mean": float(diff.mean()), "std": float(diff.std()), "per_run": diff.tolist(),
                                 "ci95": [float(diff.mean() - half), float(diff.mean() + half)]},
     }
-    out_dir = os.path.join(ROOT, "benchmarks", "results")
+    out_dir = args.out_dir
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{args.name}.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -113,7 +113,7 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
     ep_mass = np.bincount(ep, weights=mass)
     ep_steps = np.bincount(ep)
     phase = t % delay
-    edges = np.linspace(0, delay, bins + 1).astype(int)
+    edges = np.linspace(0, delay, min(bins, delay) + 1).astype(int)  # no empty bin: a dense reward has one phase
     by_phase = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (phase >= lo) & (phase < hi)

@@ -139,6 +139,15 @@ def test_a_wrapped_buffer_is_read_from_its_oldest_step_without_the_cut_episode(d
     assert r["mean_R"] == pytest.approx(0.25) and r["episode_return"]["max"] == pytest.approx(0.4)
 
 
+def test_a_dense_reward_is_one_phase_bin_whatever_bins_asks(diag, tmp_path):
+    # delay 1: every step has phase 0, so --bins 5 gives one bin holding every step and all of SIL's mass
+    run = write_run(tmp_path, diag, [[0.5, -1.0, 2.0, 3.0], [-2.0, 0.25, -1.0, 0.5]], delay=1)
+    by_phase = diag.diagnose(run, bins=5)["by_phase"]
+    assert [b["phase"] for b in by_phase] == ["0-0"]
+    assert by_phase[0]["share_of_steps"] == 1.0 and by_phase[0]["share_of_SIL_mass"] == pytest.approx(1.0)
+    assert by_phase[0]["mean_R"] == pytest.approx((0.5 - 1 + 2 + 3 - 2 + 0.25 - 1 + 0.5) / 8)
+
+
 def test_bad_input_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], capture_output=True, text=True)
     assert res.returncode != 0 and res.stderr.strip() == f"error: run_dir: no checkpoint.pt in {tmp_path}"

@@ -77,6 +77,8 @@ class Args:
     """what C, F, H, pi and Q read: the authors' (qpos without the torso x (ant: x, y), qvel) or the family's all"""
     observe_phase: bool = False
     """append (t mod D) / D, the step's phase in the reward delay, to the observation (a diagnostic, not the paper's)"""
+    observe_pending: bool = False
+    """append the reward earned since the last payment, over D (with --observe-phase: Markov again; a diagnostic)"""
     # context encoder C and forward model F (§3.2, authors' Table-1 code)
     context_len: int = 10
     """K: past transitions (delta s, a) the context encoder reads"""
@@ -988,7 +990,9 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
                    f"must be > --learning-starts ({args.learning_starts}) with --transfer-recipe authors: a data "
                    "policy that never updated is the untrained network, not a mediocre one")]
     rules += [("observe_phase", not args.observe_phase or args.reward_delay > 1,
-               "needs --reward-delay > 1 (with dense rewards there is no phase)")]
+               "needs --reward-delay > 1 (with dense rewards there is no phase)"),
+              ("observe_pending", not args.observe_pending or args.reward_delay > 1,
+               "needs --reward-delay > 1 (with dense rewards nothing is pending)")]
     rules += [("transfer_recipe", args.mode == "transfer" or args.transfer_recipe == "ours",
                "needs --mode transfer (it is the recipe of Table 1's fixed-data experiment)")]
     for name, ok, allowed in rules:
@@ -1192,36 +1196,49 @@ AUTHORS_OBSERVATION = {"cheetah-armature": (1, 18), "cheetah-mass": (1, 18), "ho
                        "ant-damping": (2, 29), "ant-cripple": (2, 29)}
 
 
-class PhaseObservation(gym.Wrapper):
-    """--observe-phase: the observation gains one last column, (t mod D) / D, where t counts the steps since reset
-    and D is the reward delay, so it is 0 right after each payment. Without it V(s) cannot tell a step just after a
-    payment from one just before the next, and SIL's R - V then measures the phase rather than the episode
-    (benchmarks/sil_diagnostic.py)."""
+class DelayObservation(gym.Wrapper):
+    """--observe-phase / --observe-pending: the observation gains, in this order,
+    - the phase (t mod D) / D, where t counts the steps since reset and D is the reward delay, so it is 0 right
+      after each payment. Without it V(s) cannot tell a step just after a payment from one just before the next,
+      and SIL's R - V then measures the phase rather than the episode (benchmarks/sil_diagnostic.py);
+    - the pending reward: what the steps since the last payment earned and the next payment will pay, divided by
+      D. With the phase it makes the delayed-reward problem Markov again: the next payment is then a function of
+      what is observed, not of the unobserved history (benchmarks/mcat.md, (d)).
+    Neither is in the paper (its observation is the env's); both are diagnostics."""
 
-    def __init__(self, env: gym.Env, delay: int):
+    def __init__(self, env: gym.Env, delay: int, phase: bool, pending: bool):
         super().__init__(env)
-        self.delay, self._t = delay, 0
+        self.delay, self.phase, self.pending = delay, phase, pending
+        self._t, self._pending = 0, 0.0
         low, high = env.observation_space.low, env.observation_space.high
-        self.observation_space = gym.spaces.Box(np.append(low, 0.0).astype(np.float32),
-                                                np.append(high, 1.0).astype(np.float32), dtype=np.float32)
+        extra_low = ([0.0] if phase else []) + ([-np.inf] if pending else [])
+        extra_high = ([1.0] if phase else []) + ([np.inf] if pending else [])
+        self.observation_space = gym.spaces.Box(np.append(low, extra_low).astype(np.float32),
+                                                np.append(high, extra_high).astype(np.float32), dtype=np.float32)
 
-    def _with_phase(self, obs: np.ndarray) -> np.ndarray:
-        return np.append(obs, (self._t % self.delay) / self.delay).astype(np.float32)
+    def _extend(self, obs: np.ndarray) -> np.ndarray:
+        extra = ([(self._t % self.delay) / self.delay] if self.phase else []) + \
+                ([self._pending / self.delay] if self.pending else [])
+        return np.append(obs, extra).astype(np.float32)
 
     def reset(self, **kwargs):
-        self._t = 0
+        self._t, self._pending = 0, 0.0
         obs, info = self.env.reset(**kwargs)
-        return self._with_phase(obs), info
+        return self._extend(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._t += 1
-        return self._with_phase(obs), reward, terminated, truncated, info
+        # the same rule as envs/wrappers.py's DelayedReward: paid every D steps (and at the end, after which the
+        # observation is not used)
+        self._pending = 0.0 if self._t % self.delay == 0 else self._pending + float(info["dense_reward"])
+        return self._extend(obs), reward, terminated, truncated, info
 
 
 def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = False) -> list:
     """One env per task; with --observation authors each returns only the authors' columns (other families: all),
-    with --observe-phase one more column, the phase within the reward delay."""
+    with --observe-phase / --observe-pending one more column each: the phase within the reward delay, the reward
+    earned since the last payment."""
     out = []
     for k, task in enumerate(tasks):
         try:
@@ -1234,8 +1251,8 @@ def make_envs(args: Args, tasks: np.ndarray, seed: int, render_first: bool = Fal
         if (lo, hi) != (0, None):
             space = gym.spaces.Box(-np.inf, np.inf, (hi - lo,), np.float32)
             e = gym.wrappers.TransformObservation(e, lambda o, lo=lo, hi=hi: o[lo:hi], space)
-        if args.observe_phase:
-            e = PhaseObservation(e, args.reward_delay)
+        if args.observe_phase or args.observe_pending:
+            e = DelayObservation(e, args.reward_delay, args.observe_phase, args.observe_pending)
         out.append(e)
     return out
 

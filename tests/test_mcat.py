@@ -259,6 +259,28 @@ def test_observe_phase_appends_the_steps_since_the_last_payment():
     assert e.reset(seed=1)[0][-1] == 0.0
 
 
+def test_observe_pending_appends_the_reward_earned_since_the_last_payment():
+    args = mcat.Args(env="cheetah-armature", horizon=8, reward_delay=3, observe_phase=True, observe_pending=True)
+    (e,) = mcat.make_envs(args, envs.make("cheetah-armature").train_tasks[:1], seed=0)
+    obs, _ = e.reset(seed=0)
+    assert e.observation_space.shape == obs.shape == (17 + 2,)  # the authors' 17 columns, the phase, the pending
+    rng = np.random.default_rng(0)
+    seen, dense, paid = [obs[-2:]], [], []
+    for _ in range(8):
+        obs, r, _, _, info = e.step(rng.uniform(-1, 1, 6))
+        seen.append(obs[-2:])
+        dense.append(info["dense_reward"])
+        paid.append(r)
+    seen, d = np.array(seen), np.array(dense)
+    # by hand, D = 3: after k steps the pending reward is the sum of the dense rewards since the last multiple of 3
+    pending = [0, d[0], d[0] + d[1], 0, d[3], d[3] + d[4], 0, d[6], d[6] + d[7]]
+    np.testing.assert_allclose(seen[:, 1], np.array(pending) / 3, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[:, 0], [0, 1 / 3, 2 / 3] * 3, rtol=1e-6)
+    # what is pending just before a payment is what the payment holds
+    np.testing.assert_allclose(paid[2], 3 * seen[2, 1] + d[2], rtol=1e-5)
+    assert e.reset(seed=1)[0][-1] == 0.0
+
+
 # ---------------------------------------------------------------------------- transfer rule (§3.4)
 def test_transfer_rule_picks_the_better_recent_average():
     h = lambda *items: deque(items, maxlen=4)  # noqa: E731
@@ -504,6 +526,7 @@ def bad(tmp_path, kind):
     (["--total-timesteps", "0"], ["--total-timesteps 0"]),
     (["--reward-delay", "0"], ["--reward-delay 0"]),
     (["--mode", "transfer", "--observe-phase"], ["--observe-phase", "--reward-delay > 1"]),
+    (["--mode", "transfer", "--observe-pending"], ["--observe-pending", "--reward-delay > 1"]),
     (["--batch-size", "0"], ["--batch-size 0"]),
     (["--buffer-size", "999"], ["--buffer-size 999", "--horizon (1000)"]),
     (["--sil-alpha", "0"], ["--sil-alpha 0.0"]),

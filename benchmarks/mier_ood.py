@@ -110,6 +110,7 @@ def main():
     a0.plot(x, train_mu, ":", color="C0", label="same policy on train tasks (in distribution)")
     a0.set(xlabel="meta-training env steps", ylabel="return (solid: out-of-distribution test tasks)",
            title="meta-training (MIER-wR protocol)")
+    a0.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:g}k"))  # no overlap
     a0.grid(alpha=0.3)
     a0.legend(fontsize=8)
     e, mu, sd = np.arange(n_rel), np.array(mier_mu), np.array(mier_sd)

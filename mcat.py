@@ -127,6 +127,8 @@ class Args:
     """env steps (all tasks) of uniform random actions before any update"""
     updates_per_step: float = 1.0
     """TD3 gradient steps per collected env step"""
+    sil_form: Literal["imitation", "lower-bound"] = "imitation"
+    """imitation: Oh et al.'s policy + value terms (the paper's text); lower-bound: Tang 2020's critic term only"""
     sil_weight: float = 0.1
     """weight of the SIL losses beside TD3's (Oh et al.'s MuJoCo value; 1 in their Atari runs)"""
     sil_value_coef: float = 0.01
@@ -346,9 +348,9 @@ class TaskReplayBuffer:
         tasks, idx = leaf // self.capacity, leaf % self.capacity
         return tasks, idx, (self.priority[tasks, idx] / self.tree.min[1]) ** -beta
 
-    def update_priorities(self, tasks, idx, adv):
+    def update_priorities(self, tasks, idx, adv, floor=1e-6):
         """p = (R - V)_+ as last computed, floored at 1e-6 as in Oh et al.'s code so every transition stays drawable."""
-        p = np.maximum(adv, 1e-6)
+        p = np.maximum(adv, floor)
         self.max_priority[0] = max(self.max_priority[0], float(p.max()))
         self.set_priority(tasks, idx, p**self.sil_alpha)
 
@@ -555,10 +557,23 @@ def sil_policy_loss(batch, adv, actor, sigma, n):
     return (w * adv * ((a - actor(s, z)) ** 2).sum(-1)).sum() / (2 * sigma**2 * n)
 
 
+def sil_lower_bound_loss(batch, qf1, qf2):
+    """--sil-form lower-bound: Tang 2020's return-based lower-bound Q-learning for TD3 (arXiv:2006.07442; code
+    robintyh1/nstep-sil td3_return_sil.py, whose n-step wrapper the MCAT authors' repo ships as envs/nstep_env.py):
+    mean_i w_i [(R_i - Q1(s_i, a_i))_+^2 + (R_i - Q2(s_i, a_i))_+^2], the critics only, no policy term (the actor
+    follows the raised Q through TD3's own loss). The priorities are the gains (R - Q1)_+ + (R - Q2)_+ + 1e-8,
+    unclipped, at the stored action. Returns (loss, priorities)."""
+    s, a, ret, z, w = batch
+    gains = [F.relu(ret - q(s, a, z)) for q in (qf1, qf2)]
+    loss = sum((w * g**2).mean() for g in gains)
+    return loss, (gains[0] + gains[1]).detach() + 1e-8
+
+
 def td3_update(step, batch, sil_batch, nets, targets, q_opt, pi_opt, args):
     """TD3 (Fujimoto et al. 2018) on context-conditioned nets, plus SIL (MCAT §5.2; Oh et al. 2018, Eq. 1-3) on its
     own prioritized minibatch: critics += w_sil beta^sil L_value every step, actor += w_sil L_policy on TD3's
-    delayed actor steps. Returns the logged losses and SIL's advantages, the new priorities of `sil_batch`."""
+    delayed actor steps (--sil-form lower-bound: critics += w_sil L_lb, nothing on the actor). Returns the logged
+    losses and the new priorities of `sil_batch` (SIL's advantages, or the lower bound's gains)."""
     actor, qf1, qf2 = nets
     actor_t, qf1_t, qf2_t = targets
     obs, act, rew, next_obs, done, z, z_next = batch
@@ -570,18 +585,23 @@ def td3_update(step, batch, sil_batch, nets, targets, q_opt, pi_opt, args):
     q1, q2 = qf1(obs, act, z), qf2(obs, act, z)
     q_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
     info, adv = {"losses/qf_loss": q_loss.item(), "losses/qf1_values": q1.mean().item()}, None
-    if sil_batch is not None:
+    imitate = sil_batch is not None and args.sil_form == "imitation"
+    if imitate:
         adv = sil_advantage(sil_batch, actor, qf1, qf2, args.sil_adv_clip)
         n = max(int((adv > 0).sum()), SIL_MIN_SAMPLES)
         sil_v = sil_value_loss(sil_batch, qf1, qf2, n)
         q_loss = q_loss + args.sil_weight * args.sil_value_coef * sil_v
         info.update({"losses/sil_value": sil_v.item(), "losses/sil_fraction": (adv > 0).float().mean().item()})
+    elif sil_batch is not None:  # --sil-form lower-bound
+        sil_v, adv = sil_lower_bound_loss(sil_batch, qf1, qf2)
+        q_loss = q_loss + args.sil_weight * sil_v
+        info.update({"losses/sil_value": sil_v.item(), "losses/sil_fraction": (adv > 1e-8).float().mean().item()})
     q_opt.zero_grad(set_to_none=True)
     q_loss.backward()
     q_opt.step()
     if step % args.policy_frequency == 0:
         pi_loss = -qf1(obs, actor(obs, z), z).mean()
-        if sil_batch is not None:
+        if imitate:
             sil_pi = sil_policy_loss(sil_batch, adv, actor, args.exploration_noise, n)
             pi_loss = pi_loss + args.sil_weight * sil_pi
             info["losses/sil_policy"] = sil_pi.item()
@@ -602,7 +622,7 @@ def rl_step(step, model, buf, rng, nets, targets, q_opt, pi_opt, args, device, u
         return td3_update(step, batch, None, nets, targets, q_opt, pi_opt, args)[0]
     where, sil = sample_sil_batch(model, buf, rng, args, device, use_context=use_context)
     info, adv = td3_update(step, batch, sil, nets, targets, q_opt, pi_opt, args)
-    buf.update_priorities(*where, adv)
+    buf.update_priorities(*where, adv, floor=1e-6 if args.sil_form == "imitation" else 1e-8)  # Oh's / Tang's code
     return info
 
 
@@ -989,6 +1009,7 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
                   ("data_policy_steps", args.transfer_recipe == "ours" or args.data_policy_steps > args.learning_starts,
                    f"must be > --learning-starts ({args.learning_starts}) with --transfer-recipe authors: a data "
                    "policy that never updated is the untrained network, not a mediocre one")]
+    rules += [("sil_form", args.sil_form == "imitation" or not args.no_sil, "needs SIL on (drop --no-sil)")]
     rules += [("observe_phase", not args.observe_phase or args.reward_delay > 1,
                "needs --reward-delay > 1 (with dense rewards there is no phase)"),
               ("observe_pending", not args.observe_pending or args.reward_delay > 1,

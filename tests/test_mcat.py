@@ -181,6 +181,55 @@ def test_td3_update_applies_the_sil_coefficients():
     same(got_pi, grads(nets[0], pi_loss() + 0.3 * sil_pi()), grads(nets[0], pi_loss()))
 
 
+def test_sil_lower_bound_raises_each_critic_to_the_return_and_leaves_the_actor_alone():
+    batch, _, _ = hand_built_sil_batch()
+    # Q(s, a) with the taken actions: (3, 3, 6, 3.5) and (2, 1, 4, 8.5) -> gains (2, 0, 0, 6.5) and (3, 0, 0, 1.5)
+    qf1, qf2 = FixedQ([2.0, 2.0, 4.0, 4.0], c=1.0), FixedQ([1.0, 0.0, 2.0, 9.0], c=1.0)
+    loss, prio = mcat.sil_lower_bound_loss(batch, qf1, qf2)
+    # mean over the whole batch (Tang's reduce_mean), weights 1, 0.5, 1, 0.25, no 1/2, no clip
+    expected = (1 * 2**2 + 0.25 * 6.5**2) / 4 + (1 * 3**2 + 0.25 * 1.5**2) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(prio.numpy(), [5.0, 1e-8, 1e-8, 8.0], rtol=1e-6)  # unclipped, at the stored action
+    loss.backward()
+    assert qf1.q0.grad[1] == 0 and qf1.q0.grad[2] == 0 and (qf1.q0.grad[[0, 3]] < 0).all()  # only pushed up
+
+    # in td3_update: critics get TD3 + sil_weight * L_lb; the actor gets TD3's loss and nothing from SIL
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    args = mcat.Args(sil_form="lower-bound", sil_weight=0.3)
+    od, ad, zd = 3, 2, args.context_dim
+    nets = [mcat.Actor(od, ad, zd), mcat.QNetwork(od, ad, zd), mcat.QNetwork(od, ad, zd)]
+    targets = [type(n)(od, ad, zd) for n in nets]
+    b = 80
+    t = lambda *shape: torch.as_tensor(rng.standard_normal(shape), dtype=torch.float32)  # noqa: E731
+    batch = (t(b, od), t(b, ad).clamp(-1, 1), t(b), t(b, od), torch.zeros(b), t(b, zd), t(b, zd))
+    sil = (t(b, od), t(b, ad).clamp(-1, 1), 5 * t(b), t(b, zd), torch.rand(b))
+
+    def step_grads(sil_batch):
+        q_opt = torch.optim.SGD(list(nets[1].parameters()) + list(nets[2].parameters()), lr=0.0)
+        pi_opt = torch.optim.SGD(nets[0].parameters(), lr=0.0)
+        torch.manual_seed(1)
+        info, out = mcat.td3_update(2, batch, sil_batch, nets, targets, q_opt, pi_opt, args)
+        flat = lambda net: torch.cat([p.grad.flatten() for p in net.parameters()])  # noqa: E731
+        return info, out, flat(nets[0]), flat(nets[1])
+
+    targets_before = copy.deepcopy(targets)
+    info, prio, pi_with, q_with = step_grads(sil)
+    for tgt, before in zip(targets, targets_before):  # undo the Polyak step so both calls see the same targets
+        tgt.load_state_dict(before.state_dict())
+    _, none, pi_without, q_without = step_grads(None)
+    assert none is None and torch.equal(pi_with, pi_without)  # no SIL gradient on the actor
+    want_prio = mcat.sil_lower_bound_loss(sil, nets[1], nets[2])[1]
+    np.testing.assert_allclose(prio, want_prio.numpy(), rtol=1e-6)
+    assert info["losses/sil_fraction"] == pytest.approx(float((want_prio > 1e-8).float().mean()))
+    for p in nets[1].parameters():
+        p.grad = None
+    (0.3 * mcat.sil_lower_bound_loss(sil, nets[1], nets[2])[0]).backward()
+    sil_part = torch.cat([p.grad.flatten() for p in nets[1].parameters()])
+    assert sil_part.abs().max() > 0
+    torch.testing.assert_close(q_with - q_without, sil_part, rtol=1e-4, atol=1e-5)
+
+
 def test_prioritized_sample_follows_the_priorities_and_survives_a_checkpoint():
     rng = np.random.default_rng(0)
     buf = mcat.TaskReplayBuffer(2, 8, 1, 1, sil_alpha=0.5)
@@ -527,6 +576,7 @@ def bad(tmp_path, kind):
     (["--reward-delay", "0"], ["--reward-delay 0"]),
     (["--mode", "transfer", "--observe-phase"], ["--observe-phase", "--reward-delay > 1"]),
     (["--mode", "transfer", "--observe-pending"], ["--observe-pending", "--reward-delay > 1"]),
+    (["--no-sil", "--sil-form", "lower-bound"], ["--sil-form lower-bound", "--no-sil"]),
     (["--batch-size", "0"], ["--batch-size 0"]),
     (["--buffer-size", "999"], ["--buffer-size 999", "--horizon (1000)"]),
     (["--sil-alpha", "0"], ["--sil-alpha 0.0"]),

@@ -349,7 +349,8 @@ class TaskReplayBuffer:
         return tasks, idx, (self.priority[tasks, idx] / self.tree.min[1]) ** -beta
 
     def update_priorities(self, tasks, idx, adv, floor=1e-6):
-        """p = (R - V)_+ as last computed, floored at 1e-6 as in Oh et al.'s code so every transition stays drawable."""
+        """p = (R - V)_+ (or the lower bound's gains) as last computed, floored so every transition stays drawable
+        (Oh et al.'s code: 1e-6; Tang's adds 1e-8)."""
         p = np.maximum(adv, floor)
         self.max_priority[0] = max(self.max_priority[0], float(p.max()))
         self.set_priority(tasks, idx, p**self.sil_alpha)

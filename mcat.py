@@ -129,6 +129,8 @@ class Args:
     """TD3 gradient steps per collected env step"""
     sil_form: Literal["imitation", "lower-bound"] = "imitation"
     """imitation: Oh et al.'s policy + value terms (the paper's text); lower-bound: Tang 2020's critic term only"""
+    sil_nstep: int = 0
+    """lower-bound form: 0 = R, the return to the episode's end; n >= 1 = Tang's n-step return bootstrapped with Q'"""
     sil_weight: float = 0.1
     """weight of the SIL losses beside TD3's (Oh et al.'s MuJoCo value; 1 in their Atari runs)"""
     sil_value_coef: float = 0.01
@@ -530,6 +532,34 @@ def sample_sil_batch(model, buf, rng, args, device, use_context=True):
     return (tasks, idx), (s, act[:, -1], ret, z[0], w)
 
 
+def sil_nstep_parts(model, buf, tasks, idx, args, device, use_context=True):
+    """--sil-nstep n (Tang's td3_nstep_sil.py): the parts of the n-step return
+    G_n = sum_{k<n} gamma^k r_{t+k} + gamma^n (1 - d) Q'(s_{t+n}) for the sampled transitions: (discounted reward
+    sum, gamma^n (1 - d), s_{t+n}, z_{t+n}). A window that the episode's end cuts short sums the steps left
+    (n' = left + 1 < n) and bootstraps with gamma^n' unless the episode terminated; Tang's wrapper stores no such
+    window."""
+    n_eff = np.minimum(args.sil_nstep, buf.left[tasks, idx] + 1)
+    k = np.arange(args.sil_nstep)
+    rew = buf.rew[tasks[:, None], (idx[:, None] + k) % buf.capacity] * (k < n_eff[:, None])
+    last = (idx + n_eff - 1) % buf.capacity  # the window's last transition, whose s' is s_{t+n}
+    rsum, boot = (rew * args.gamma**k).sum(1), args.gamma**n_eff * (1.0 - buf.done[tasks, last])
+    z, _, _ = contexts(model, buf, tasks, last, args, device, n_windows=2, use_context=use_context)
+    s_n = buf.obs[tasks, last] + buf.delta[tasks, last]
+    return (*to_t(device, rsum.astype(np.float32), boot.astype(np.float32), s_n), z[1])
+
+
+def with_nstep_return(sil_batch, parts, targets, args):
+    """SIL's batch with R replaced by G_n, the target critics' clipped double-Q at the target actor's smoothed
+    action in s_{t+n} (TD3's own target, n steps ahead; Tang's backup_sil)."""
+    s, a, _, z, w = sil_batch
+    rsum, boot, s_n, z_n = parts
+    actor_t, qf1_t, qf2_t = targets
+    with torch.no_grad():
+        a_n = actor_t(s_n, z_n)
+        a_n = (a_n + (torch.randn_like(a_n) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)).clamp(-1, 1)
+        return s, a, rsum + boot * torch.min(qf1_t(s_n, a_n, z_n), qf2_t(s_n, a_n, z_n)), z, w
+
+
 SIL_MIN_SAMPLES = 64  # Oh et al.'s code averages the SIL losses over max(#(R > V), 64) samples
 
 
@@ -622,6 +652,8 @@ def rl_step(step, model, buf, rng, nets, targets, q_opt, pi_opt, args, device, u
     if args.no_sil:
         return td3_update(step, batch, None, nets, targets, q_opt, pi_opt, args)[0]
     where, sil = sample_sil_batch(model, buf, rng, args, device, use_context=use_context)
+    if args.sil_nstep:
+        sil = with_nstep_return(sil, sil_nstep_parts(model, buf, *where, args, device, use_context), targets, args)
     info, adv = td3_update(step, batch, sil, nets, targets, q_opt, pi_opt, args)
     buf.update_priorities(*where, adv, floor=1e-6 if args.sil_form == "imitation" else 1e-8)  # Oh's / Tang's code
     return info
@@ -1010,7 +1042,9 @@ def check_args(args: Args, probe: envs.TaskEnv) -> None:
                   ("data_policy_steps", args.transfer_recipe == "ours" or args.data_policy_steps > args.learning_starts,
                    f"must be > --learning-starts ({args.learning_starts}) with --transfer-recipe authors: a data "
                    "policy that never updated is the untrained network, not a mediocre one")]
-    rules += [("sil_form", args.sil_form == "imitation" or not args.no_sil, "needs SIL on (drop --no-sil)")]
+    rules += [("sil_form", args.sil_form == "imitation" or not args.no_sil, "needs SIL on (drop --no-sil)"),
+              ("sil_nstep", args.sil_nstep == 0 or (args.sil_nstep > 0 and args.sil_form == "lower-bound"),
+               "must be 0, or >= 1 with --sil-form lower-bound")]
     rules += [("observe_phase", not args.observe_phase or args.reward_delay > 1,
                "needs --reward-delay > 1 (with dense rewards there is no phase)"),
               ("observe_pending", not args.observe_pending or args.reward_delay > 1,

@@ -230,6 +230,31 @@ def test_sil_lower_bound_raises_each_critic_to_the_return_and_leaves_the_actor_a
     torch.testing.assert_close(q_with - q_without, sil_part, rtol=1e-4, atol=1e-5)
 
 
+def test_sil_nstep_return_by_hand():
+    # one task, capacity 8: an episode of 3 steps (slots 0-2, cut by the time limit), then one of 4 that
+    # terminates (slots 3-6); s = 10 * slot, s' = s + 1, rewards 1, 2, 3 and 4, 5, 6, 7
+    args = mcat.Args(sil_form="lower-bound", sil_nstep=3, gamma=0.5)
+    buf = mcat.TaskReplayBuffer(1, 8, 1, 1)
+    for slots, rew, done in (([0, 1, 2], [1, 2, 3], [0, 0, 0]), ([3, 4, 5, 6], [4, 5, 6, 7], [0, 0, 0, 1])):
+        s = 10.0 * np.array(slots, np.float32)[:, None]
+        buf.add_episode(0, s, np.zeros_like(s), np.array(rew, np.float32), s + 1, np.array(done, np.float32),
+                        np.zeros(len(slots)))
+    tasks, idx = np.zeros(4, np.int64), np.array([0, 1, 3, 5])
+    rsum, boot, s_n, z_n = mcat.sil_nstep_parts(None, buf, tasks, idx, args, "cpu", use_context=False)
+    # slot 0: 1 + 2/2 + 3/4, bootstrapped from s' of slot 2 (21) with 1/8; slot 1: cut to 2 steps by the time limit,
+    # 2 + 3/2, bootstrapped with 1/4 (a time limit is not a terminal); slot 3: 4 + 5/2 + 6/4 from s' of slot 5;
+    # slot 5: 6 + 7/2 and no bootstrap (the episode terminated)
+    np.testing.assert_allclose(rsum.numpy(), [2.75, 3.5, 8.0, 9.5])
+    np.testing.assert_allclose(boot.numpy(), [0.125, 0.25, 0.125, 0.0])
+    np.testing.assert_allclose(s_n.numpy()[:, 0], [21, 21, 51, 61])
+    assert z_n.shape == (4, args.context_dim) and (z_n == 0).all()
+    # G_n with target critics that read only s: Q1' = s, Q2' = s + 1 -> min = s_{t+n}
+    targets = (mcat.Actor(1, 1, args.context_dim), FixedQ(np.arange(80.0)), FixedQ(np.arange(80.0) + 1))
+    sil = (torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4), z_n, torch.ones(4))
+    _, _, g, _, _ = mcat.with_nstep_return(sil, (rsum, boot, s_n, z_n), targets, args)
+    np.testing.assert_allclose(g.numpy(), [2.75 + 21 / 8, 3.5 + 21 / 4, 8.0 + 51 / 8, 9.5])
+
+
 def test_prioritized_sample_follows_the_priorities_and_survives_a_checkpoint():
     rng = np.random.default_rng(0)
     buf = mcat.TaskReplayBuffer(2, 8, 1, 1, sil_alpha=0.5)
@@ -577,6 +602,8 @@ def bad(tmp_path, kind):
     (["--mode", "transfer", "--observe-phase"], ["--observe-phase", "--reward-delay > 1"]),
     (["--mode", "transfer", "--observe-pending"], ["--observe-pending", "--reward-delay > 1"]),
     (["--no-sil", "--sil-form", "lower-bound"], ["--sil-form lower-bound", "--no-sil"]),
+    (["--sil-nstep", "5"], ["--sil-nstep 5", "--sil-form lower-bound"]),
+    (["--sil-form", "lower-bound", "--sil-nstep", "-1"], ["--sil-nstep -1", ">= 1"]),
     (["--batch-size", "0"], ["--batch-size 0"]),
     (["--buffer-size", "999"], ["--buffer-size 999", "--horizon (1000)"]),
     (["--sil-alpha", "0"], ["--sil-alpha 0.0"]),

@@ -1,15 +1,9 @@
-"""MCAT: "Learning Action Translator for Meta Reinforcement Learning on Sparse-Reward Tasks" (Guo, Wu, Lee, AAAI
-2022): Eq. 1 forward-model loss L_forw, Eq. 2 contrastive loss L_cont, Eq. 3 translator loss L_trans; §3.4 context
-TD3 with policy transfer (Fig. 2e); §5.2 delayed rewards and self-imitation learning (SIL, Oh et al. 2018,
-arXiv:1806.05635, their equation numbers). Sizes for a 2-core CPU: benchmarks/mcat.md; open choices: docs/mcat.md.
-Meta mode (Tables 2-4; rewards paid as a sum every `reward_delay` steps), per iteration one episode on every train
-task, then (Fig. 2): (a, b) context encoder C (last K transitions -> z_t) and forward model F by Eq. 1 + Eq. 2, then
-the task features z^(i) (§3.2); (c) C, F frozen, the action translator H(s, a, z_src, z_tgt) by Eq. 3; (d) C frozen,
-TD3 pi(s, z_t), Q(s, a, z_t) plus SIL; (e) task i is collected with pi(s, z_t) or, when it earned more there recently,
-with H(s, pi(s, z^(j)), z^(j), z^(i)) from the best task j. Test tasks: pi, z_t inferred online. Table 1 (--mode
-transfer): a TD3 source policy; fixed data on both tasks (ours: it + noise; authors': each task's own TD3); C/F, H fit.
-    python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]       # MCAT [w/o PT] (Tables 2-4)
-    python mcat.py --env cheetah-armature --mode transfer [--transfer-recipe authors]   # Table 1
+"""MCAT (Guo, Wu, Lee, AAAI 2022, "Learning Action Translator for Meta RL on Sparse-Reward Tasks"): Eq. 1 forward
+loss, Eq. 2 contrastive loss, Eq. 3 translator loss, §3.4 policy transfer, §5.2 delayed rewards, SIL (Oh et al. 2018).
+Meta mode (Tables 2-4), per iteration (Fig. 2): one episode per train task; (a, b) encoder C (last K transitions -> z_t)
+and forward model F by Eqs. 1-2, task features z^(i); (c) translator H(s, a, z_src, z_tgt) by Eq. 3; (d) TD3 pi(s, z_t),
+Q(s, a, z_t) + SIL; (e) task i acts with pi, or with H(s, pi(s, z^(j)), z^(j), z^(i)) if the best task j's did better.
+    python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]   # Table 1: --mode transfer; docs/mcat.md
 """
 
 import contextlib

@@ -611,6 +611,7 @@ def torch_policy(net, device):
 # ---------------------------------------------------------------------------------------------------- plumbing
 # Per-env defaults. Batch 32 is the paper's (App. C.1) and the authors' README; hidden widths are App. C.1's
 # (32 for 2-D navigation, 256 for the quadruped, 64 for the others); 10,000 initial random steps are the authors'.
+# four-rooms runs the authors' num_iterations (1M steps: the README's 2-D navigation command sets none).
 # The 2-D point families of the other papers (horizon 20) get the 2-D navigation networks and 2,000 initial steps
 # (100 episodes). The dm_control goal tasks: the README's commands (batch 32, one train step per env step,
 # clip_critic (-1000, 0) on finger and both reachers; the margins 0.01 and the quadruped's goal_radius 0.3 are the
@@ -623,7 +624,7 @@ SAWYER = {"total_timesteps": 1_000_000, "learning_starts": 10_000, "eval_every":
           "hidden": 64, "grad_clip": 1.0}
 DM_CONTROL = {**SAWYER, "grad_clip": 0.0, "clip_critic": (-1000.0, 0.0)}
 PAPER_DEFAULTS = {
-    "four-rooms": {**NAVIGATION, "total_timesteps": 100_000, "learning_starts": 10_000},
+    "four-rooms": {**NAVIGATION, "total_timesteps": 1_000_000, "learning_starts": 10_000, "eval_every": 10_000},
     "point-robot": {**NAVIGATION, "total_timesteps": 30_000},
     "sparse-point-robot": {**NAVIGATION, "total_timesteps": 50_000},
     "four-corners": {**NAVIGATION, "total_timesteps": 30_000},

@@ -361,7 +361,8 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, needle, parse_error):
 
 def test_defaults_resolve_per_env_and_target_entropy_is_tf_agents():
     args, env, _, finite, ckpt = hipi.parse_command_line(["--env", "four-rooms"])
-    assert (args.total_timesteps, args.learning_starts, args.batch_size, args.hidden) == (100_000, 10_000, 32, 32)
+    assert (args.total_timesteps, args.learning_starts, args.batch_size, args.hidden) == (1_000_000, 10_000, 32, 32)
+    assert args.eval_every == 10_000
     assert args.target_entropy == -1.0 and not finite and ckpt is None  # -|A| / 2 with |A| = 2
     assert hipi.parse_command_line(["--env", "four-corners", "--target-entropy", "-2"])[3]
 

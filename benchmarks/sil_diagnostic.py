@@ -5,7 +5,8 @@ of its episode.
 SIL (Oh et al. 2018) should imitate the actions of the agent's good episodes: P(i) ~ (R_i - V(s_i))_+^alpha, with
 R the discounted return-to-go and V = min_k Q_k(s, pi(s)) (mcat.py's sil_advantage). With rewards paid every n steps
 and no phase in the observation, R also depends on how far the step is from the next payment, which V cannot see.
-This script measures both dependences on the buffer as it is at the checkpoint, and how the sample would rank
+This script measures both dependences on the buffer as it is at the checkpoint (and reads the sample the run
+itself draws from, its stored priorities, whichever --sil-form it used), and how the sample would rank
 episodes if V were replaced by the buffer's mean R at each phase (a V that sees the phase and fits these returns)
 or by its mean R over all steps, and with each critic alone or their mean as V (how much of V's offset is the
 twin minimum). It also reads each critic at the stored actions against R, and the step down that TD3's clipped
@@ -137,6 +138,18 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
                         "SIL_mass_on_top_10pct_episodes": float(top_mass)}
         return out
 
+    # The sample the run itself draws from: the priorities p^alpha that its SIL form stored, each as last computed
+    # (what mcat.py's sample_prioritized reads), whichever form (--sil-form) and return (--sil-nstep) it used
+    stored = None
+    if "priority" in buf:  # checkpoints written before SIL's prioritized sample have none
+        m = buf["priority"][0, order][first:].astype(float)
+        m = m / m.sum()
+        stored = {"sil_form": args.get("sil_form", "imitation"), "sil_nstep": int(args.get("sil_nstep", 0)),
+                  "share_of_SIL_mass_by_phase": [float(m[(phase >= lo) & (phase < hi)].sum())
+                                                 for lo, hi in zip(edges[:-1], edges[1:])],
+                  "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=m)[top].sum()),
+                  "spearman_episode_return_vs_SIL_mass_per_step": spearman(ep_return,
+                                                                           np.bincount(ep, weights=m) / ep_steps)}
     # What V would have to be for the sample to rank episodes: the buffer's own mean R at each phase (a V that
     # sees the phase and is fitted to these returns), and its mean R over all steps (fitted, but phase-blind)
     phase_mean = np.bincount(phase, weights=ret, minlength=delay) / np.maximum(np.bincount(phase, minlength=delay), 1)
@@ -157,6 +170,7 @@ def diagnose(run_dir: str, bins: int = 5) -> dict:
                                  "SIL_mass_on_top_10pct_episodes": float(np.bincount(ep, weights=mass_oh)[top].sum())},
             "reference_V": {"phase_mean_R": ranking(phase_mean[phase]),
                             "buffer_mean_R": ranking(np.full_like(ret, ret.mean()))},
+            "stored_priorities": stored,
             "mean_Q_at_stored_action": q_stored,
             "target_min_step": {"per_bootstrap": min_step, "over_horizon": min_step / (1 - args["gamma"])},
             # how much of V's offset below R is the twin minimum: each critic alone and their mean as V
@@ -199,6 +213,13 @@ def main(argv=None):
               f"({ref['return_std_scale']['share_clipped']:.1%} on Oh et al.'s scale), the best 10% of episodes hold "
               f"{ref['raw']['SIL_mass_on_top_10pct_episodes']:.1%} "
               f"({ref['return_std_scale']['SIL_mass_on_top_10pct_episodes']:.1%}) of the mass")
+    st = r["stored_priorities"]
+    if st is not None:
+        nstep = f", --sil-nstep {st['sil_nstep']}" if st["sil_nstep"] else ""
+        print(f"  the run's own sample (its stored priorities, --sil-form {st['sil_form']}{nstep}): the best 10% of "
+              f"episodes hold {st['SIL_mass_on_top_10pct_episodes']:.1%} of the mass; Spearman(episode return, mass "
+              f"per step) {st['spearman_episode_return_vs_SIL_mass_per_step']:+.2f}; by phase bin "
+              + " / ".join(f"{x:.1%}" for x in st["share_of_SIL_mass_by_phase"]))
     q = r["mean_Q_at_stored_action"]
     print(f"  at the stored actions: mean Q1 {q['qf1']:.1f}, Q2 {q['qf2']:.1f}, against mean R {r['mean_R']:.1f} "
           f"(mean reward per step {r['mean_reward_per_step']:.4f})")

@@ -151,3 +151,19 @@ def test_a_dense_reward_is_one_phase_bin_whatever_bins_asks(diag, tmp_path):
 def test_bad_input_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], capture_output=True, text=True)
     assert res.returncode != 0 and res.stderr.strip() == f"error: run_dir: no checkpoint.pt in {tmp_path}"
+
+
+def test_the_runs_own_sample_is_read_from_its_stored_priorities(diag, tmp_path):
+    # the buffer above with stored priorities p^alpha = 1, 2, 3, 4 | 0, 0, 0, 10 (sum 20), as a lower-bound run
+    # would leave them; phase (t % 2) 0 holds 1 + 3 + 0 + 0, phase 1 holds 2 + 4 + 0 + 10
+    run = write_run(tmp_path, diag, [[0.5, -1.0, 2.0, 3.0], [-2.0, 0.25, -1.0, 0.5]])
+    ckpt = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
+    assert diag.diagnose(run, bins=2)["stored_priorities"] is None  # a checkpoint without priorities
+    ckpt["buffer"]["priority"] = np.array([[1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 10.0]])
+    ckpt["args"].update(sil_form="lower-bound", sil_nstep=5)
+    torch.save(ckpt, os.path.join(run, "checkpoint.pt"))
+    st = diag.diagnose(run, bins=2)["stored_priorities"]
+    assert (st["sil_form"], st["sil_nstep"]) == ("lower-bound", 5)
+    assert st["share_of_SIL_mass_by_phase"] == pytest.approx([4 / 20, 16 / 20])
+    # episode returns 3 (top) and 0.5; the top episode holds 10 / 20, the other 10 / 20 on the same 4 steps
+    assert st["SIL_mass_on_top_10pct_episodes"] == pytest.approx(0.5)

@@ -1,9 +1,9 @@
 """MCAT (Guo, Wu, Lee, AAAI 2022, "Learning Action Translator for Meta RL on Sparse-Reward Tasks"): Eq. 1 forward
 loss, Eq. 2 contrastive loss, Eq. 3 translator loss, §3.4 policy transfer, §5.2 delayed rewards, SIL (Oh et al. 2018).
 Meta mode (Tables 2-4), per iteration (Fig. 2): one episode per train task; (a, b) encoder C (last K transitions -> z_t)
-and forward model F by Eqs. 1-2, task features z^(i); (c) translator H(s, a, z_src, z_tgt) by Eq. 3; (d) TD3 pi(s, z_t),
-Q(s, a, z_t) + SIL; (e) task i acts with pi, or with H(s, pi(s, z^(j)), z^(j), z^(i)) if the best task j's did better.
-    python mcat.py --env cheetah-armature --reward-delay 500 [--no-transfer]   # Table 1: --mode transfer; docs/mcat.md
+and forward model F by Eqs. 1-2, task features z^(i); (c) C, F frozen: translator H(s, a, z_src, z_tgt) by Eq. 3;
+(d) C frozen: TD3 pi(s, z_t), Q(s, a, z_t) + SIL; (e) task i acts with pi, or with H(s, pi(s, z^(j)), z^(j), z^(i))
+if the best task j's did better. Test tasks: pi with z_t inferred online. Table 1: --mode transfer (docs/mcat.md).
 """
 
 import contextlib

@@ -6,8 +6,8 @@ and then one row with the transfer result: `eval/source_on_source_return` (the s
 H(s, pi(s), z_src, z_tgt) on the target task), with the standard errors of the last two over episodes; runs with
 `--transfer-recipe authors` also log the mean return of their fixed data (`data/source_return`,
 `data/target_return`: how mediocre the data policies were).
-Writes `results/<name>.json` (per run and mean +- std, and the paired difference transferred - source on the
-target) and `results/<name>.png` (left: the source policy's learning curve; right: the three returns per run, with the
+Writes `results/<name>.json` (per run, mean +- std, and the paired difference transferred - source on the
+target with its 95 % t-interval, `benchmarks/table.py`'s) and `results/<name>.png` (left: the source policy's learning curve; right: the three returns per run, with the
 standard error over episodes, and their mean +- std over runs).
 
 Run directories named `<label>__seed<S>` (as benchmarks/run.py names them) are grouped by label: with two or more
@@ -29,6 +29,9 @@ import re
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from table import mean_ci  # noqa: E402  (the 95 % t-interval every benchmark table uses)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = [("eval/source_on_source_return", "source policy on source"),
@@ -57,7 +60,7 @@ def label_and_seed(run_dir):
 
 def summarize(run_dirs, runs):
     """Per run and mean +- std of the three returns (and of the data returns where logged), and the paired
-    difference transferred - source policy on the target."""
+    difference transferred - source policy on the target with the half-width of its 95 % t-interval."""
     finals = {key: [final[key] for _, final in runs] for key, _ in KEYS}
     gain = [t - s for t, s in zip(finals["eval/return"], finals["eval/source_policy_return"])]
     result = {
@@ -70,7 +73,7 @@ def summarize(run_dirs, runs):
         "mean": {k: float(np.mean(v)) for k, v in finals.items()},
         "std": {k: float(np.std(v)) for k, v in finals.items()},
         "transferred_minus_source_on_target": {"per_run": gain, "mean": float(np.mean(gain)),
-                                               "std": float(np.std(gain)),
+                                               "std": float(np.std(gain)), "ci95": mean_ci(gain)[1],
                                                "runs_above": int(sum(g > 0 for g in gain))},
     }
     for k in DATA_KEYS:
@@ -102,6 +105,7 @@ def main():
                     for (_, seed), (_, final) in zip(groups[label], runs[label]) if seed in base}
             paired[f"{label}_minus_{first}"] = {"per_seed": diff, "mean": float(np.mean(list(diff.values()))),
                                                 "std": float(np.std(list(diff.values()))),
+                                                "ci95": mean_ci(list(diff.values()))[1],
                                                 "seeds_above": int(sum(v > 0 for v in diff.values()))}
         result = {"command": " ".join(sys.argv), "groups": summaries,
                   "transferred_return_paired_by_seed": paired}
@@ -147,12 +151,14 @@ def main():
         m = summary["mean"]
         data = (f"; fixed data: source {m['data/source_return']:.1f}, target {m['data/target_return']:.1f}"
                 if "data/source_return" in m else "")
+        gain = summary["transferred_minus_source_on_target"]
         print(f"{label + ': ' if len(groups) > 1 else ''}on the target: source policy "
-              f"{m['eval/source_policy_return']:.1f}, transferred {m['eval/return']:.1f} (above in "
-              f"{summary['transferred_minus_source_on_target']['runs_above']} of {summary['n_runs']} runs); "
+              f"{m['eval/source_policy_return']:.1f}, transferred {m['eval/return']:.1f}; transferred - source "
+              f"{gain['mean']:+.1f} ± {gain['ci95']:.1f} (95 % CI), above in {gain['runs_above']} of "
+              f"{summary['n_runs']} runs; "
               f"source policy on source {m['eval/source_on_source_return']:.1f}{data}")
     for name, d in result.get("transferred_return_paired_by_seed", {}).items():
-        print(f"{name} (transferred on the target, paired by seed): {d['mean']:.1f} ± {d['std']:.1f}, "
+        print(f"{name} (transferred on the target, paired by seed): {d['mean']:+.1f} ± {d['ci95']:.1f} (95 % CI), "
               f"above in {d['seeds_above']} of {len(d['per_seed'])} seeds")
 
 

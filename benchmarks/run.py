@@ -55,6 +55,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import shlex
 import shutil
@@ -355,8 +356,11 @@ def write_results(args, jobs: list, status: dict, out: str, final: bool) -> None
                             for m, c in v["curves"].items() if c)
         print(f"  {label}: final {summary or 'no evaluations'}")
         for m in args.metrics:  # the average over all evaluations of a run: the docs' "averaged over the run"
-            per_run = [np.mean([e[m] for e in s["evals"]]) for s in v["seeds"].values()
-                       if s["evals"] and all(m in e for e in s["evals"])]
+            # over the evaluations that log m as a number (relabel/hit_rate is NaN where no decision informed
+            # it), as benchmarks/table.py averages; a run with none is left out
+            logged = [[e[m] for e in s["evals"] if isinstance(e.get(m), (int, float)) and not math.isnan(e[m])]
+                      for s in v["seeds"].values()]
+            per_run = [np.mean(ys) for ys in logged if ys]
             if per_run:
                 print(f"    {m} averaged over the run {np.mean(per_run):.3f} (per seed "
                       + ", ".join(f"{x:.2f}" for x in per_run) + ")")

@@ -70,6 +70,23 @@ def test_reuse_from_builds_a_comparison_without_running_and_prints_run_averages(
     assert res["variants"]["hfr"]["curves"]["eval/return"]["mean"] == [-3.0, -1.0]
 
 
+def test_run_averages_skip_evaluations_that_log_nan(tmp_path, capsys):
+    """relabel/hit_rate is NaN at an evaluation no relabeling decision informed: the run's average is over the
+    others (benchmarks/table.py's rule), not NaN."""
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path)
+    evals = [dict(EVALS[0], **{"relabel/hit_rate": float("nan")}), dict(EVALS[1], **{"relabel/hit_rate": 0.5}),
+             {"iteration": 10, "env_steps": 1100, "eval/return": 0.0, "relabel/hit_rate": 0.25}]
+    write_results(os.path.join(out, "results", "base.json"), "hfr", 1,
+                  "hfr.py --env four-corners --relabel hfr --seed 1 --run-dir /elsewhere", evals=evals)
+    bench_run.main(["hfr.py", "--env", "four-corners", "--name", "nan", "--variant", "hfr=--relabel hfr",
+                    "--seeds", "1", "--reuse-from", "base", "--out", out,
+                    "--metrics", "eval/return", "relabel/hit_rate"])
+    printed = capsys.readouterr().out
+    assert "relabel/hit_rate averaged over the run 0.375 (per seed 0.38)" in printed
+    assert "eval/return averaged over the run -1.333" in printed
+
+
 def test_a_sitting_with_fewer_seeds_keeps_the_other_seeds_finished_runs(tmp_path, capsys):
     """Seed-major over sittings: `--seeds 1 --reuse` on a file that holds seeds 1-3 must not drop seeds 2 and 3;
     a run made with other flags, or one that failed, is not kept."""

@@ -827,8 +827,8 @@ def parse_command_line(argv: list[str]):
             elif name in GIVEN_ON_RESUME:
                 print(f"warning: {flag(name)} {given} (the checkpoint's run had {old}): using {given}", file=sys.stderr)
             else:
-                print(f"warning: {flag(name)} {given} differs from the checkpoint's {old}: using the checkpoint's {old}",
-                      file=sys.stderr)
+                print(f"warning: {flag(name)} {given} differs from the checkpoint's {old}: "
+                      f"using the checkpoint's {old}", file=sys.stderr)
                 setattr(args, name, old)
         if "run_dir" not in typed:
             args.run_dir = os.path.dirname(os.path.abspath(path))
@@ -1046,7 +1046,8 @@ if __name__ == "__main__":
             print(f"resumed from {args.resume} at iteration {ckpt['iteration'] + 1}, step {global_step:,}")
 
         n_iterations = -(-args.total_timesteps // args.eval_every)
-        grad_steps_left = lambda step: args.updates_per_step * max(0, args.total_timesteps - max(step, args.learning_starts))
+        grad_steps_left = lambda step: args.updates_per_step * max(
+            0, args.total_timesteps - max(step, args.learning_starts))
         progress = Progress({"collect": args.total_timesteps - global_step, "update": grad_steps_left(global_step),
                              "eval": n_iterations - start_iteration})
         start_time, start_step, last_eval = time.time(), global_step, "none yet"
@@ -1077,8 +1078,8 @@ if __name__ == "__main__":
                 obs, global_step = next_obs, global_step + 1
                 if terminated or truncated:
                     if her:
-                        rb.add_rows(her_relabel(args.relabel, dict(zip(ReplayBuffer.FIELDS, map(np.array, zip(*steps)))),
-                                                env, rng))
+                        episode = dict(zip(ReplayBuffer.FIELDS, map(np.array, zip(*steps))))
+                        rb.add_rows(her_relabel(args.relabel, episode, env, rng))
                     writer.add_scalar("charts/episodic_return", sum(step[2] for step in steps), global_step)
                     writer.add_scalar("charts/episodic_length", len(steps), global_step)
                     task = command_tasks(env, finite, 1, rng)[0]

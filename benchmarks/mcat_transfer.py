@@ -7,8 +7,9 @@ H(s, pi(s), z_src, z_tgt) on the target task), with the standard errors of the l
 `--transfer-recipe authors` also log the mean return of their fixed data (`data/source_return`,
 `data/target_return`: how mediocre the data policies were).
 Writes `results/<name>.json` (per run, mean +- std, and the paired difference transferred - source on the
-target with its 95 % t-interval, `benchmarks/table.py`'s) and `results/<name>.png` (left: the source policy's learning curve; right: the three returns per run, with the
-standard error over episodes, and their mean +- std over runs).
+target with its 95 % t-interval, `benchmarks/table.py`'s) and `results/<name>.png` (left: the source policy's
+learning curve; right: the three returns per run, with the standard error over episodes, and their mean +- std
+over runs).
 
 Run directories named `<label>__seed<S>` (as benchmarks/run.py names them) are grouped by label: with two or more
 labels (e.g. the two recipes) the JSON holds one such summary per label under "groups", plus, for every other

@@ -1153,13 +1153,14 @@ class Progress:
         self.t_last = self.t_start = time.time()
         self.t_printed = -float("inf")
 
-    def eta(self) -> Optional[float]:
-        """Seconds left: remaining work of each kind times its measured seconds per unit (None until each kind
-        with work left has been measured)."""
+    def eta(self) -> tuple[Optional[float], list[str]]:
+        """(seconds left over the kinds measured so far: remaining work times measured seconds per unit, None
+        before any kind with work left is measured; the kinds with work left not measured yet). A phase can run
+        long before the next kind starts (Table 1's C/F rounds before H), so the partial sum is worth showing."""
         left = [k for k, v in self.remaining.items() if v > 0]
-        if any(self.measured[k] == 0 for k in left):
-            return None
-        return sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in left)
+        known = [k for k in left if self.measured[k] > 0]
+        seconds = sum(self.remaining[k] * self.spent[k] / self.measured[k] for k in known) if known else None
+        return seconds, [k for k in left if self.measured[k] == 0]
 
     def step(self, kind: str, amount: float, text: str, force: bool = False) -> None:
         now = time.time()
@@ -1169,9 +1170,12 @@ class Progress:
         self.t_last = now
         if force or now - self.t_printed >= self.every:
             self.t_printed = now
-            eta = self.eta()
-            print(f"[{hms(now - self.t_start)}] {text} | ETA {hms(eta) if eta is not None else 'measuring'}",
-                  flush=True)
+            eta, unmeasured = self.eta()
+            if eta is None:
+                eta_text = "measuring"
+            else:
+                eta_text = hms(eta) + (f" + {', '.join(unmeasured)} (not measured yet)" if unmeasured else "")
+            print(f"[{hms(now - self.t_start)}] {text} | ETA {eta_text}", flush=True)
 
 
 def hms(seconds: float) -> str:

@@ -731,3 +731,18 @@ def test_transfer_mode_with_the_authors_recipe_end_to_end(tmp_path):
     assert last["transfer_recipe"] == "authors" and last["data/transitions_per_task"] == 60
     assert np.isfinite(last["eval/return"]) and np.isfinite(last["eval/source_policy_return"])
     assert len(rows(d)) == 5  # the source policy's 4 evaluations (100 steps of 25), then the transfer row
+
+
+def test_progress_eta_sums_the_measured_kinds_and_names_the_rest(monkeypatch, capsys):
+    """Table 1's authors recipe spends ~45 min in C/F rounds before H starts: the ETA line must give the C/F time
+    left and name H as not measured yet, not say 'measuring' throughout."""
+    clock = iter([100.0, 110.0, 130.0])  # start, then two steps 10 s and 20 s later
+    monkeypatch.setattr(mcat.time, "time", lambda: next(clock))
+    progress = mcat.Progress({"model": 10, "translator": 5}, every=0.0)
+    assert progress.eta() == (None, ["model", "translator"])
+    progress.step("model", 2, "C/F")  # 2 updates in 10 s: 5 s each, 8 left -> 40 s
+    assert progress.eta() == (40.0, ["translator"])
+    assert capsys.readouterr().out.strip() == "[0:00:10] C/F | ETA 0:00:40 + translator (not measured yet)"
+    progress.step("translator", 5, "H")  # the last H updates: nothing left of it, 8 C/F updates left
+    assert progress.eta() == (40.0, [])
+    assert capsys.readouterr().out.strip() == "[0:00:30] H | ETA 0:00:40"

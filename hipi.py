@@ -1078,8 +1078,8 @@ if __name__ == "__main__":
                 obs, global_step = next_obs, global_step + 1
                 if terminated or truncated:
                     if her:
-                        episode = dict(zip(ReplayBuffer.FIELDS, map(np.array, zip(*steps))))
-                        rb.add_rows(her_relabel(args.relabel, episode, env, rng))
+                        finished = dict(zip(ReplayBuffer.FIELDS, map(np.array, zip(*steps))))
+                        rb.add_rows(her_relabel(args.relabel, finished, env, rng))
                     writer.add_scalar("charts/episodic_return", sum(step[2] for step in steps), global_step)
                     writer.add_scalar("charts/episodic_length", len(steps), global_step)
                     task = command_tasks(env, finite, 1, rng)[0]
